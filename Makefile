@@ -1,0 +1,49 @@
+# Two entry points: `make demo` (train, pack, serve the digits CNN) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MH := $(VENV)/bin/modelhost
+DEMO := .demo
+PORT ?= 8080
+# torch is pinned here, never left to the resolver: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install demo test lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e '.[all,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO)/digits.mh: | $(VENV)/.installed
+	$(MH) train digits-cnn --out $(DEMO)/digits-model
+	$(MH) pack $(DEMO)/digits-model --name digits --version 1 --out $(DEMO)/digits.mh
+
+demo: $(DEMO)/digits.mh
+	@echo
+	@echo "In another shell, ask the server what digit this is (a 7):"
+	@echo "  curl -s -H 'Content-Type: image/png' --data-binary @examples/digits/images/digit_7.png http://127.0.0.1:$(PORT)/v1/models/digits:predict"
+	@echo
+	$(MH) serve $(DEMO)/digits.mh --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/lint-imports
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/serve_digits.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache

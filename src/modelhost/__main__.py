@@ -1,0 +1,5 @@
+"""``python -m modelhost``."""
+
+from modelhost.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""build_app: compose the HTTP server (routes, middleware, error mapping, lifespan)."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.responses import Response
+
+from modelhost import __version__
+from modelhost.api.health import HealthAPI
+from modelhost.api.inference import ClientDisconnected
+from modelhost.api.kserve_v2 import KServeV2API
+from modelhost.api.metrics import MetricsAPI
+from modelhost.api.middleware import BodyLimit
+from modelhost.api.native import NativeAPI
+from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
+from modelhost.api.state import ServerState
+from modelhost.errors import ModelhostError
+
+
+async def _client_gone(*_: object) -> Response:
+    # Nobody reads this answer; the status only shows in logs.
+    return Response(status_code=499)
+
+
+def build_app(state: ServerState) -> Starlette:
+    """Build the inference app over ``state`` (whose engine the caller opens and closes).
+
+    Until ``state.engine_`` is set, inference answers 503 and readiness is false.
+    """
+    routes = [
+        *HealthAPI(state).routes(),
+        *KServeV2API(state, __version__).routes(),
+        *NativeAPI(state).routes(),
+        *MetricsAPI(state.metrics).routes(),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)],
+        exception_handlers={
+            ModelhostError: on_modelhost_error,
+            HTTPException: on_http_exception,
+            ClientDisconnected: _client_gone,
+            Exception: on_unexpected,
+        },
+    )

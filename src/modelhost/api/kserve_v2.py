@@ -1,0 +1,122 @@
+"""Open Inference Protocol v2 (KServe v2) REST routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelhost.api.inference import infer, observed
+from modelhost.api.native import json_response, media_type
+from modelhost.api.state import ServerState
+from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, decode_request, encode_response
+from modelhost.errors import InvalidInput, UnsupportedMediaType
+from modelhost.serving import ModelInfo
+from modelhost.types import ModelRef
+
+PROTOCOL = "kserve_v2"
+SERVER_NAME = "modelhost"
+EXTENSIONS = ["binary_tensor_data"]
+_HEADER_LENGTH = "inference-header-content-length"
+_JSON_TYPES = frozenset({"", "application/json"})
+_BINARY_TYPES = frozenset({"application/octet-stream", "application/json", ""})
+
+
+def tensor_metadata(specs: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """``[{name, datatype, shape}]`` for metadata responses."""
+    return [
+        {"name": s.name, "datatype": NUMPY_TO_V2[s.dtype], "shape": list(s.shape)} for s in specs
+    ]
+
+
+class KServeV2API:
+    """Routes of the v2 protocol over one server state."""
+
+    def __init__(self, state: ServerState, version: str) -> None:
+        self._state = state
+        self._version = version
+
+    def routes(self) -> list[Route]:
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        return [
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/", self.server_metadata, methods=["GET"]),
+            Route(model, self.model_metadata, methods=["GET"]),
+            Route(versioned, self.model_metadata, methods=["GET"]),
+            Route(f"{model}/ready", self.model_ready, methods=["GET"]),
+            Route(f"{versioned}/ready", self.model_ready, methods=["GET"]),
+            Route(f"{model}/infer", self.infer, methods=["POST"]),
+            Route(f"{versioned}/infer", self.infer, methods=["POST"]),
+        ]
+
+    def _model(self, request: Request) -> ModelInfo:
+        params = request.path_params
+        return self._state.engine.model(params["name"], params.get("version"))
+
+    async def server_metadata(self, _: Request) -> Response:
+        return json_response(
+            {"name": SERVER_NAME, "version": self._version, "extensions": EXTENSIONS}
+        )
+
+    async def model_metadata(self, request: Request) -> Response:
+        info = self._model(request)
+        return json_response(
+            {
+                "name": info.name,
+                "versions": self._state.engine.versions(info.name),
+                "platform": info.platform,
+                "inputs": tensor_metadata(info.inputs),
+                "outputs": tensor_metadata(info.outputs),
+            }
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        info = self._model(request)
+        ready = self._state.ready
+        return json_response({"name": info.name, "ready": ready}) if ready else Response(
+            b'{"error": "model is not ready", "code": "model_not_ready"}', 503,
+            media_type="application/json",
+        )  # fmt: skip
+
+    async def infer(self, request: Request) -> Response:
+        with observed(self._state, PROTOCOL) as obs:
+            info = self._model(request)
+            obs.model, obs.version = info.name, info.version
+            header = request.headers.get(_HEADER_LENGTH)
+            kind = media_type(request)
+            if kind not in (_BINARY_TYPES if header is not None else _JSON_TYPES):
+                raise UnsupportedMediaType(
+                    f"Content-Type {kind!r} is not accepted; send application/json (or "
+                    "application/octet-stream with Inference-Header-Content-Length)"
+                )
+            header_length = _parse_header_length(header)
+            body = await request.body()
+            decoded = decode_request(body, header_length, info.inputs, info.outputs)
+            ref = ModelRef(info.name, info.version)
+            result = await infer(self._state, request, ref, decoded.inputs, decoded.id)
+            payload, json_length = encode_response(
+                result.model_name,
+                result.model_version,
+                decoded.id,
+                result.outputs,
+                decoded.outputs,
+                decoded.binary_outputs,
+            )
+            if json_length is None:
+                return Response(payload, media_type="application/json")
+            return Response(
+                payload,
+                headers={"Inference-Header-Content-Length": str(json_length)},
+                media_type="application/octet-stream",
+            )
+
+
+def _parse_header_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a byte count")
+    return int(value)

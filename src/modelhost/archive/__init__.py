@@ -1,0 +1,16 @@
+"""Model archives (``.mh``): a zip holding ``manifest.json`` and the model's files."""
+
+from modelhost.archive.manifest import Manifest, ModelSpec, TensorSignature
+from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive
+from modelhost.archive.pack import pack_model_dir, write_archive
+
+__all__ = [
+    "ArchiveLimits",
+    "Manifest",
+    "ModelSpec",
+    "OpenedArchive",
+    "TensorSignature",
+    "open_archive",
+    "pack_model_dir",
+    "write_archive",
+]

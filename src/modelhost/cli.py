@@ -1,0 +1,228 @@
+"""The ``modelhost`` command: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from modelhost.errors import ConfigError, ModelhostError
+
+app = typer.Typer(
+    name="modelhost",
+    help="Train, pack, serve and call AI models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print modelhost errors as one red line and exit 1 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ModelhostError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            raise typer.Exit(1) from exc
+
+    return wrapper
+
+
+def _settings(**overrides: Any) -> Any:
+    from modelhost.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"setting {first['loc'][0]}: {first['msg']}") from exc
+
+
+@app.command()
+@_friendly
+def train(
+    recipe: Annotated[str, typer.Argument(help="what to train: digits-cnn")],
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the trained model")],
+    epochs: Annotated[int, typer.Option(help="passes over the training data")] = 12,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same weights)")] = 0,
+) -> None:
+    """Train a model recipe on its bundled data set."""
+    if recipe != "digits-cnn":
+        raise ConfigError(f"unknown recipe {recipe!r}; available: digits-cnn")
+    from modelhost.train.digits import train_digits
+
+    report = train_digits(out_dir, epochs=epochs, seed=seed, console=out)
+    out.print(
+        f"test accuracy {report.test_accuracy:.4f} in {report.duration_s:.1f} s; "
+        f"wrote {out_dir} (pack it: modelhost pack {out_dir} --name digits --version 1 "
+        "--out digits.mh)"
+    )
+
+
+@app.command()
+@_friendly
+def pack(
+    model_dir: Annotated[Path, typer.Argument(help="trained model directory")],
+    name: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+) -> None:
+    """Pack a trained model directory into one verified archive."""
+    from modelhost.archive import pack_model_dir
+
+    manifest = pack_model_dir(model_dir, name=name, version=version, out=out_file)
+    out.print(
+        f"packed {manifest.name}:{manifest.version} ({len(manifest.files)} files) -> {out_file}"
+    )
+
+
+@app.command()
+@_friendly
+def inspect(
+    archive: Annotated[Path, typer.Argument(help="archive (.mh)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Verify an archive and print its manifest."""
+    import tempfile
+
+    from modelhost.archive import open_archive
+
+    with tempfile.TemporaryDirectory(prefix="modelhost-inspect-") as tmp:
+        opened = open_archive(archive, Path(tmp))
+    m = opened.manifest
+    if as_json:
+        out.print_json(m.model_dump_json())
+        return
+    out.print(f"[bold]{m.name}:{m.version}[/]  runtime={m.runtime}  task={m.task}  "
+              f"created {m.created_at:%Y-%m-%d %H:%M:%S %Z}")  # fmt: skip
+    out.print(f"archive sha256 {opened.sha256}  (all {len(m.files)} file digests verified)")
+    sig = Table("", "name", "dtype", "shape", title="signature", title_justify="left")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            sig.add_row(kind, s.name, s.dtype, str(list(s.shape)))
+    out.print(sig)
+    if m.labels:
+        out.print(f"labels: {', '.join(m.labels)}")
+    if m.preprocessing:
+        out.print(f"preprocessing: {m.preprocessing.model_dump()}")
+    b = m.batching
+    out.print(f"batching: max_batch_size={b.max_batch_size} max_batch_delay_ms="
+              f"{b.max_batch_delay_ms} max_queue={b.max_queue}")  # fmt: skip
+    if m.metrics:
+        out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.metrics.items())))
+    files = Table("file", "bytes", "sha256", title="files", title_justify="left")
+    for name, entry in sorted(m.files.items()):
+        files.add_row(name, str(entry.size), entry.sha256[:16] + "…")
+    out.print(files)
+
+
+@app.command()
+@_friendly
+def export(
+    archive: Annotated[Path, typer.Argument(help="torch archive (.mh)")],
+    to: Annotated[str, typer.Option(help="onnx or torchscript")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+    atol: Annotated[float, typer.Option(help="largest output difference accepted")] = 1e-4,
+) -> None:
+    """Export a torch archive to ONNX or TorchScript (outputs checked against torch)."""
+    from modelhost.optimize.export import export_archive
+
+    if to not in ("onnx", "torchscript"):
+        raise ConfigError(f"--to {to!r} is not supported; use onnx or torchscript")
+    report = export_archive(archive, out_file, to, atol=atol)  # type: ignore[arg-type]
+    m = report.manifest
+    out.print(f"exported {m.name}:{m.version} to {m.runtime} -> {out_file} "
+              f"(max |Δ| vs torch {report.max_abs_diff:.2e})")  # fmt: skip
+
+
+@app.command()
+@_friendly
+def serve(
+    archives: Annotated[list[Path], typer.Argument(help="archives (.mh) to serve")],
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8080]; 0 = any free port")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+    instances: Annotated[int | None, typer.Option(help="instances per model [1]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="override the archive's")] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option(help="override the archive's")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
+) -> None:
+    """Serve archives over HTTP (KServe v2, native predict, /metrics) until Ctrl-C."""
+    from modelhost.api.server import serve as run
+    from modelhost.serving import ModelInfo
+
+    settings = _settings(
+        host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
+        max_batch_delay_ms=max_batch_delay_ms, log_level=log_level,
+    )  # fmt: skip
+    first: list[str] = []
+
+    def loaded(info: ModelInfo) -> None:
+        first.append(info.name)
+        out.print(
+            f"loaded {info.name}:{info.version}  runtime={info.manifest.runtime}  "
+            f"device={info.device}  instances={info.instances}  "
+            f"load {info.load_s * 1e3:.0f} ms  warm-up {info.warmup_s * 1e3:.1f} ms",
+            highlight=False,
+        )
+
+    def listening(url: str) -> None:
+        out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)
+        if first:
+            out.print(
+                f"try: curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png "
+                f"{url}/v1/models/{first[0]}:predict",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+
+    run(settings, archives, on_loaded=loaded, on_listening=listening)
+    out.print("stopped")
+
+
+@app.command()
+@_friendly
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files")],
+    model: Annotated[str, typer.Option(help="model name")],
+    url: Annotated[str, typer.Option(help="server URL")] = "http://127.0.0.1:8080",
+    version: Annotated[str | None, typer.Option(help="model version [default]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print raw JSON answers")] = False,
+) -> None:
+    """Send images to a server and print the predictions."""
+    from modelhost.client import Client
+    from modelhost.client.http import image_content_type
+
+    with Client(url) as client:
+        for path in images:
+            try:
+                kind, data = image_content_type(path), path.read_bytes()
+            except (ValueError, OSError) as exc:
+                raise ConfigError(str(exc)) from exc
+            answer = client.predict_image(model, data, kind, version)
+            if as_json:
+                out.print(json.dumps(answer), highlight=False, soft_wrap=True)
+                continue
+            for pred in answer["predictions"]:
+                ranked = ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred.get("top_k", []))
+                out.print(f"{path}: {pred['label']}  (score {pred['score']:.3f}; top: {ranked})",
+                          highlight=False)  # fmt: skip
+
+
+def main() -> None:
+    """Entry point of the ``modelhost`` script."""
+    app()

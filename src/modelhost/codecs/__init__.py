@@ -1,0 +1,1 @@
+"""Codecs: pure functions between wire payloads and numpy arrays."""

@@ -1,0 +1,1 @@
+"""Optimize and export: torch archives -> ONNX or TorchScript archives."""

@@ -1,0 +1,68 @@
+"""The two seams every framework implements: ``Runtime.load`` and ``Predictor.predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from modelhost.archive.manifest import Manifest
+from modelhost.errors import ArchiveError
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How to load: ``device`` (auto, cpu, cuda, cuda:N) and thread counts (0 = default)."""
+
+    device: str = "auto"
+    torch_threads: int = 0
+    onnx_intra_op_threads: int = 0
+
+
+class Predictor(Protocol):
+    """A loaded model. ``predict`` takes and returns arrays whose axis 0 is the batch.
+
+    ``predict`` is called from one worker thread at a time per predictor; it may block.
+    """
+
+    @property
+    def device(self) -> str: ...
+
+    def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Runtime(Protocol):
+    """A framework adapter: ``load`` a verified model directory into a Predictor."""
+
+    name: str
+
+    def load(self, model_dir: Path, manifest: Manifest, options: LoadOptions) -> Predictor: ...
+
+
+def outputs_by_name(manifest: Manifest, values: object) -> dict[str, object]:
+    """Pair a model's raw return value (one value, a sequence or a mapping) with output names.
+
+    Raises:
+        ValueError: the number of values differs from the manifest's outputs.
+    """
+    names = [spec.name for spec in manifest.outputs]
+    if isinstance(values, Mapping):
+        return {name: values[name] for name in names}
+    seq = list(values) if isinstance(values, list | tuple) else [values]
+    if len(seq) != len(names):
+        raise ValueError(f"model returned {len(seq)} outputs; the manifest lists {len(names)}")
+    return dict(zip(names, seq, strict=True))
+
+
+def parse_config(manifest: Manifest, model: type[BaseModel]) -> Any:
+    """Validate ``manifest.runtime_config`` with a runtime's own config model."""
+    try:
+        return model.model_validate(manifest.runtime_config)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ArchiveError(f"runtime_config.{field}: {err['msg']}") from exc

@@ -1,0 +1,44 @@
+"""Device names: ``auto`` picks a GPU when the framework sees one."""
+
+from __future__ import annotations
+
+from modelhost.errors import ConfigError
+
+
+def resolve_torch_device(requested: str) -> str:
+    """Map ``auto``/``cpu``/``cuda``/``cuda:N`` to a device torch can use.
+
+    Raises:
+        ConfigError: a CUDA device was asked for and torch sees none.
+    """
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {requested!r} requested but torch sees no CUDA device")
+        return requested
+    raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
+def onnx_providers(requested: str, available: list[str]) -> list[str]:
+    """ONNX Runtime execution providers for a device request, best first.
+
+    Raises:
+        ConfigError: CUDA requested but the CUDA provider is not available.
+    """
+    cuda = "CUDAExecutionProvider"
+    if requested == "cpu":
+        return ["CPUExecutionProvider"]
+    if requested == "auto":
+        return [cuda, "CPUExecutionProvider"] if cuda in available else ["CPUExecutionProvider"]
+    if requested.startswith("cuda"):
+        if cuda not in available:
+            raise ConfigError(
+                f"device {requested!r} requested but onnxruntime has no CUDA provider"
+            )
+        return [cuda, "CPUExecutionProvider"]
+    raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")

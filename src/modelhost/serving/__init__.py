@@ -1,0 +1,5 @@
+"""The serving engine: batching, instances, versions. No HTTP in here."""
+
+from modelhost.serving.engine import Engine, ModelInfo
+
+__all__ = ["Engine", "ModelInfo"]

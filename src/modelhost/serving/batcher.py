@@ -1,0 +1,264 @@
+"""Dynamic batching for one model version.
+
+    submit() ──► deque (bounded: Overloaded when full)
+                   │
+    loop: wait for an idle instance ─► take the oldest live request ─► gather requests of the
+          same item shape until should_close_batch() ─► concatenate ─► instance.predict() in
+          its worker thread ─► split rows back ─► resolve each future
+
+A request whose future is already done (its client went away, or its deadline passed) is
+dropped when the batch is gathered, before it costs compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelhost.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
+from modelhost.monitor.metrics import ModelMetrics
+from modelhost.serving.instance import ModelInstance
+from modelhost.serving.policy import (
+    BatchPolicy,
+    fits_in_batch,
+    is_queue_full,
+    retry_after_s,
+    should_close_batch,
+)
+from modelhost.types import InferRequest, InferResult
+
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A queued request: its future, its item count and shape key, when it arrived."""
+
+    request: InferRequest
+    future: asyncio.Future[InferResult]
+    items: int
+    key: ShapeKey
+    enqueued_s: float
+
+
+def shape_key(request: InferRequest) -> ShapeKey:
+    """Requests batch together only when every input's per-item shape is equal."""
+    return tuple((name, arr.shape[1:]) for name, arr in request.inputs.items())
+
+
+class Batcher:
+    """Queue + batching loop for one model version over its instances."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        instances: list[ModelInstance],
+        policy: BatchPolicy,
+        metrics: ModelMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.policy = policy
+        self._instances = instances
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._idle: asyncio.Queue[ModelInstance] = asyncio.Queue()
+        for instance in instances:
+            self._idle.put_nowait(instance)
+        self._running: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._items_per_s = 0.0
+        self._accepting = True
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet resolved (queued or computing)."""
+        return self._in_flight
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._loop_task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"batcher-{self.name}-{self.version}"
+        )
+
+    def submit(self, request: InferRequest, items: int) -> asyncio.Future[InferResult]:
+        """Queue ``request`` (``items`` rows); the future resolves with its result.
+
+        Raises:
+            Overloaded: the queue holds ``max_queue`` requests already.
+            ModelNotReady: the version is draining.
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"model {self.name}:{self.version} is shutting down")
+        if is_queue_full(len(self._queue), self.policy):
+            raise Overloaded(
+                f"model {self.name}:{self.version} has {len(self._queue)} requests queued "
+                f"(max_queue={self.policy.max_queue}); retry later",
+                retry_after_s=retry_after_s(len(self._queue), self._items_per_s),
+            )
+        future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(Pending(request, future, items, shape_key(request), self._clock()))
+        self._in_flight += 1
+        self._metrics.in_flight.inc()
+        self._metrics.pending.set(len(self._queue))
+        future.add_done_callback(self._on_done)
+        self._arrived.set()
+        return future
+
+    def _on_done(self, _: asyncio.Future[InferResult]) -> None:
+        self._in_flight -= 1
+        self._metrics.in_flight.dec()
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop accepting, let queued and running batches finish (up to ``timeout_s``)."""
+        self._accepting = False
+        deadline = self._clock() + timeout_s
+        while (self._queue or self._running) and self._clock() < deadline:
+            await asyncio.sleep(0.01)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady(f"model {self.name} was unloaded"))
+        self._queue.clear()
+        for instance in self._instances:
+            await asyncio.to_thread(instance.close)
+
+    async def _run(self) -> None:
+        while True:
+            instance = await self._idle.get()
+            batch = await self._gather()
+            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _gather(self) -> list[Pending]:
+        """Wait for the first live request, then gather more until the policy closes."""
+        batch: list[Pending] = []
+        while not batch:
+            await self._wait_arrival(None)
+            batch = self._take(batch, 0)
+        # One turn of the loop lets requests already read off sockets join this batch.
+        await asyncio.sleep(0)
+        items = sum(p.items for p in batch)
+        batch = self._take(batch, items)
+        items = sum(p.items for p in batch)
+        while not should_close_batch(
+            self._clock(), batch[0].enqueued_s, items, self._in_flight - len(batch), self.policy
+        ):
+            remaining = self.policy.max_batch_delay_s - (self._clock() - batch[0].enqueued_s)
+            await self._wait_arrival(remaining)
+            batch = self._take(batch, items)
+            items = sum(p.items for p in batch)
+        return batch
+
+    async def _wait_arrival(self, timeout_s: float | None) -> None:
+        if self._queue:
+            return
+        self._arrived.clear()
+        if timeout_s is None:
+            await self._arrived.wait()
+            return
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await self._arrived.wait()
+        except TimeoutError:
+            return
+
+    def _take(self, batch: list[Pending], items: int) -> list[Pending]:
+        """Move live queued requests that fit (same shape key, size) into ``batch``."""
+        now = self._clock()
+        keep: collections.deque[Pending] = collections.deque()
+        key = batch[0].key if batch else None
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                continue  # cancelled: the client went away or its deadline passed
+            if pending.request.deadline_s <= now:
+                pending.future.set_exception(
+                    DeadlineExceeded(f"request waited past its deadline for {self.name}")
+                )
+                continue
+            if key is None:
+                key = pending.key
+            if pending.key == key and fits_in_batch(items, pending.items, self.policy):
+                batch.append(pending)
+                items += pending.items
+            else:
+                keep.append(pending)
+        self._queue = keep
+        self._metrics.pending.set(len(keep))
+        return batch
+
+    async def _execute(self, instance: ModelInstance, batch: list[Pending]) -> None:
+        try:
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                return
+            start = self._clock()
+            inputs = _concatenate(live)
+            try:
+                outputs = await instance.predict(inputs)
+            except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to each caller
+                error = InferenceFailed(f"model {self.name}:{self.version} failed: {exc!r}")
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                return
+            self._resolve(live, outputs, start, self._clock())
+        finally:
+            self._idle.put_nowait(instance)
+
+    def _resolve(
+        self, live: list[Pending], outputs: dict[str, np.ndarray], start: float, end: float
+    ) -> None:
+        items = sum(p.items for p in live)
+        compute_s = end - start
+        m = self._metrics
+        m.batch_size.observe(items)
+        m.compute_duration.observe(compute_s)
+        m.exec_count.inc()
+        m.inference_count.inc(items)
+        rate = items / compute_s if compute_s > 0 else 0.0
+        self._items_per_s = rate if self._items_per_s == 0 else 0.9 * self._items_per_s + 0.1 * rate
+        offset = 0
+        for pending in live:
+            end_row = offset + pending.items
+            queue_s = start - pending.enqueued_s
+            m.queue_duration.observe(queue_s)
+            if not pending.future.done():
+                pending.future.set_result(
+                    InferResult(
+                        model_name=self.name,
+                        model_version=self.version,
+                        outputs={k: v[offset:end_row] for k, v in outputs.items()},
+                        queue_s=queue_s,
+                        compute_s=compute_s,
+                        batch_size=items,
+                        id=pending.request.id,
+                    )
+                )
+            offset = end_row
+
+
+def _concatenate(batch: list[Pending]) -> dict[str, np.ndarray]:
+    if len(batch) == 1:
+        return dict(batch[0].request.inputs)
+    names = batch[0].request.inputs.keys()
+    return {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}

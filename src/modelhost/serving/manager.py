@@ -1,0 +1,184 @@
+"""ModelManager: load archives into instances + a batcher, look models up, unload."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelhost.archive.manifest import Manifest, TensorSignature
+from modelhost.archive.open import ArchiveLimits, open_archive
+from modelhost.config import Settings
+from modelhost.errors import ModelNotFound
+from modelhost.monitor.metrics import Metrics
+from modelhost.runtimes.base import LoadOptions, Predictor
+from modelhost.runtimes.registry import PLATFORMS, get_runtime
+from modelhost.serving.batcher import Batcher
+from modelhost.serving.instance import ModelInstance
+from modelhost.serving.policy import BatchPolicy
+from modelhost.types import TensorSpec
+
+# A dynamic non-batch dim gets this size in the warm-up batch.
+_WARMUP_DYNAMIC_DIM = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What frontends may know of a loaded model version (all computed at load)."""
+
+    name: str
+    version: str
+    manifest: Manifest
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str
+    device: str
+    instances: int
+    policy: BatchPolicy
+    load_s: float
+    warmup_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model version being served: its description and its batcher."""
+
+    info: ModelInfo
+    batcher: Batcher
+
+
+def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
+    """The archive's batching defaults with the server settings' overrides applied."""
+    b = manifest.batching
+    return BatchPolicy(
+        max_batch_size=settings.max_batch_size or b.max_batch_size,
+        max_batch_delay_s=(
+            settings.max_batch_delay_ms
+            if settings.max_batch_delay_ms is not None
+            else b.max_batch_delay_ms
+        )
+        / 1000.0,
+        max_queue=settings.max_queue or b.max_queue,
+    )
+
+
+def warmup_batch(specs: tuple[TensorSpec, ...], rows: int) -> dict[str, np.ndarray]:
+    """Zeros shaped like the signature with ``rows`` items."""
+    return {
+        s.name: np.zeros(
+            (rows, *(_WARMUP_DYNAMIC_DIM if d == -1 else d for d in s.shape[1:])), dtype=s.dtype
+        )
+        for s in specs
+    }
+
+
+def _specs(signatures: tuple[TensorSignature, ...]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name=s.name, dtype=s.dtype, shape=tuple(s.shape)) for s in signatures)
+
+
+class ModelManager:
+    """Holds every loaded model version; the default version of each name."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        self._default: dict[str, str] = {}
+        self._workdir = Path(tempfile.mkdtemp(prefix="modelhost-"))
+
+    async def load(self, archive: Path) -> ModelInfo:
+        """Open, verify, load ``settings.instances`` instances, warm up, start batching.
+
+        Raises:
+            ArchiveError: the archive is unsafe or broken. ConfigError: runtime missing.
+        """
+        start = time.perf_counter()
+        limits = ArchiveLimits(
+            max_member_bytes=self._settings.max_archive_member_bytes,
+            max_total_bytes=self._settings.max_archive_total_bytes,
+        )
+        into = Path(tempfile.mkdtemp(dir=self._workdir))
+        opened = await asyncio.to_thread(open_archive, archive, into, limits)
+        manifest = opened.manifest
+        runtime = get_runtime(manifest.runtime)
+        options = LoadOptions(
+            device=self._settings.device if self._settings.device != "auto" else manifest.device,
+            torch_threads=self._settings.torch_threads,
+            onnx_intra_op_threads=self._settings.onnx_intra_op_threads,
+        )
+        predictors: list[Predictor] = [
+            await asyncio.to_thread(runtime.load, opened.root, manifest, options)
+            for _ in range(self._settings.instances)
+        ]
+        load_s = time.perf_counter() - start
+        policy = batch_policy(manifest, self._settings)
+        inputs = _specs(manifest.inputs)
+        warm_start = time.perf_counter()
+        for predictor in predictors:
+            for rows in sorted({1, policy.max_batch_size}):
+                await asyncio.to_thread(predictor.predict, warmup_batch(inputs, rows))
+        warmup_s = time.perf_counter() - warm_start
+        info = ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            manifest=manifest,
+            inputs=inputs,
+            outputs=_specs(manifest.outputs),
+            platform=PLATFORMS.get(manifest.runtime, manifest.runtime),
+            device=predictors[0].device,
+            instances=len(predictors),
+            policy=policy,
+            load_s=load_s,
+            warmup_s=warmup_s,
+        )
+        label = f"{manifest.name}-{manifest.version}"
+        instances = [ModelInstance(p, label) for p in predictors]
+        model_metrics = self._metrics.for_model(manifest.name, manifest.version)
+        batcher = Batcher(manifest.name, manifest.version, instances, policy, model_metrics)
+        previous = self._models.get(manifest.name, {}).get(manifest.version)
+        batcher.start()
+        self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(info, batcher)
+        self._default[manifest.name] = manifest.version
+        model_metrics.ready.set(1)
+        if previous is not None:
+            await previous.batcher.close(self._settings.drain_timeout_s)
+        return info
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The loaded model ``name`` at ``version`` (default version when ``None``).
+
+        Raises:
+            ModelNotFound: no such model or version is loaded.
+        """
+        versions = self._models.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not loaded (loaded: {known})")
+        chosen = self._default[name] if version is None else version
+        model = versions.get(chosen)
+        if model is None:
+            raise ModelNotFound(
+                f"model {name!r} has no version {chosen!r} (loaded: {', '.join(sorted(versions))})"
+            )
+        return model
+
+    def all(self) -> list[LoadedModel]:
+        """Every loaded model version, sorted by name then version."""
+        return [self._models[n][v] for n in sorted(self._models) for v in sorted(self._models[n])]
+
+    def versions(self, name: str) -> list[str]:
+        """Loaded versions of ``name`` (empty when none)."""
+        return sorted(self._models.get(name, {}))
+
+    async def close(self) -> None:
+        """Drain every batcher, stop every worker, remove extracted files."""
+        for model in self.all():
+            self._metrics.for_model(model.info.name, model.info.version).ready.set(0)
+            await model.batcher.close(self._settings.drain_timeout_s)
+        self._models.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)

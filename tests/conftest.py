@@ -1,0 +1,70 @@
+"""Session fixtures: one trained digits model, its archives, one shared server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.server import ServerProcess, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_IMAGES = ROOT / "examples" / "digits" / "images"
+
+
+@pytest.fixture(scope="session")
+def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN trained once per session with the default settings."""
+    from modelhost.train.digits import train_digits
+
+    out = tmp_path_factory.mktemp("digits-model")
+    train_digits(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_archive(digits_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modelhost.archive import pack_model_dir
+
+    out = tmp_path_factory.mktemp("archives") / "digits.mh"
+    pack_model_dir(digits_model_dir, name="digits", version="1", out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_archive(digits_archive: Path) -> Path:
+    from modelhost.optimize.export import export_archive
+
+    out = digits_archive.with_name("digits-onnx.mh")
+    export_archive(digits_archive, out, "onnx", version="2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def torchscript_archive(digits_archive: Path) -> Path:
+    from modelhost.optimize.export import export_archive
+
+    out = digits_archive.with_name("digits-ts.mh")
+    export_archive(digits_archive, out, "torchscript", version="3")
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(digits_archive: Path) -> Iterator[ServerProcess]:
+    """One real server for the read-mostly HTTP tests, serving digits:1."""
+    with running_server(digits_archive, args=("--max-batch-delay-ms", "5")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def example_images() -> dict[str, bytes]:
+    """label -> PNG bytes of the sample images shipped in examples/digits/images."""
+    images = {
+        p.stem.split("_")[1]: p.read_bytes() for p in sorted(EXAMPLE_IMAGES.glob("digit_*.png"))
+    }
+    assert len(images) == 10, f"expected 10 example images in {EXAMPLE_IMAGES}"
+    return images

@@ -1,0 +1,88 @@
+"""Start ``modelhost serve`` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServerProcess:
+    """A running server: its URL, process and everything it printed so far."""
+
+    url: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM the server and return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of ``/metrics`` (0.0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+
+@contextmanager
+def running_server(
+    *archives: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """Run ``modelhost serve ARCHIVES --port 0 ARGS`` until the block ends (then SIGTERM)."""
+    cmd = [sys.executable, "-m", "modelhost", "serve", *map(str, archives), "--port", "0", *args]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    server = ServerProcess(url="", process=proc)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for line in proc.stdout:
+        server.output.append(line)
+        if line.startswith("serving on "):
+            server.url = line.split()[2]
+            break
+        if time.monotonic() > deadline:
+            break
+    if not server.url:
+        proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(server.output))
+    pump = threading.Thread(target=lambda: server.output.extend(proc.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        pump.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
