@@ -1,0 +1,146 @@
+"""Engine behaviour seen over real HTTP with a deliberately slow model: dropping requests of
+clients that left, deadlines, overload, graceful shutdown, refusing broken archives."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from support.archives import slow_archive
+from support.server import running_server
+
+from modelhost.archive.manifest import Batching
+
+pytestmark = pytest.mark.slow
+
+ROW = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
+
+
+def body(value: float) -> bytes:
+    return orjson.dumps({"instances": [[value] * 4]})
+
+
+async def post(client: httpx.AsyncClient, url: str, value: float) -> httpx.Response:
+    return await client.post(
+        f"{url}/v1/models/slow:predict",
+        content=body(value),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def test_slow_model_answers_correctly(tmp_path: Path) -> None:
+    with running_server(slow_archive(tmp_path, delay_s=0.05)) as srv:
+        r = httpx.post(f"{srv.url}/v1/models/slow:predict", json=ROW)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}
+
+
+async def test_requests_of_clients_that_left_are_never_computed(tmp_path: Path) -> None:
+    archive = slow_archive(tmp_path, delay_s=0.6, batching=Batching(max_batch_size=1))
+    with running_server(archive) as srv:
+        async with httpx.AsyncClient(timeout=10) as client:
+            busy = asyncio.create_task(post(client, srv.url, 1.0))
+            await asyncio.sleep(0.2)  # the instance is now computing the first request
+            async with httpx.AsyncClient(timeout=0.2) as impatient:
+                gone = await asyncio.gather(
+                    *(post(impatient, srv.url, 9.0) for _ in range(5)), return_exceptions=True
+                )
+            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            assert (await busy).status_code == 200
+            await asyncio.sleep(0.8)  # time for any wrongly kept request to be computed
+        assert srv.metric("modelhost_inference_count_total", model="slow") == 1.0
+        assert srv.metric("modelhost_pending_requests", model="slow") == 0.0
+        assert srv.metric("modelhost_in_flight_requests", model="slow") == 0.0
+
+
+async def test_request_past_its_deadline_gets_504(tmp_path: Path) -> None:
+    archive = slow_archive(tmp_path, delay_s=0.5, batching=Batching(max_batch_size=1))
+    with running_server(archive, env={"MODELHOST_REQUEST_TIMEOUT_S": "0.3"}) as srv:
+        async with httpx.AsyncClient(timeout=10) as client:
+            first, second = await asyncio.gather(
+                post(client, srv.url, 1.0), post(client, srv.url, 2.0)
+            )
+        # The first is computing when its deadline passes; the second expires in the queue.
+        assert [first.status_code, second.status_code] == [504, 504], (first.text, second.text)
+        assert first.json()["code"] == "deadline_exceeded"
+        assert "deadline" in second.json()["error"]
+        await asyncio.sleep(0.6)
+        assert srv.metric("modelhost_inference_count_total", model="slow") == 1.0
+        assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
+
+
+async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    archive = slow_archive(tmp_path, delay_s=0.3, batching=Batching(max_batch_size=1, max_queue=2))
+    with running_server(archive) as srv:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(*(post(client, srv.url, float(i)) for i in range(8)))
+        codes = [a.status_code for a in answers]
+        assert codes.count(200) >= 3, codes
+        refused = [a for a in answers if a.status_code == 503]
+        assert refused, codes
+        assert all(a.json()["code"] == "overloaded" for a in refused)
+        assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+        assert "max_queue=2" in refused[0].json()["error"]
+        assert srv.metric(
+            "modelhost_inference_requests_total", model="slow", code="503", protocol="native"
+        ) == len(refused)
+
+
+async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -> None:
+    archive = slow_archive(tmp_path, delay_s=0.4, batching=Batching(max_batch_size=2))
+    with running_server(archive) as srv:
+        async with httpx.AsyncClient(timeout=30) as client:
+            pending = [asyncio.create_task(post(client, srv.url, float(i))) for i in range(6)]
+            await asyncio.sleep(0.2)
+            start = time.monotonic()
+            stopping = asyncio.create_task(asyncio.to_thread(srv.stop))
+            answers = await asyncio.gather(*pending)
+            code = await stopping
+        assert [a.status_code for a in answers] == [200] * 6
+        assert [a.json()["predictions"][0][0] for a in answers] == [2.0 * i for i in range(6)]
+        assert code == 0
+        assert time.monotonic() - start < 10
+        assert "stopped" in "".join(srv.output)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{srv.url}/v2/health/live")
+
+
+def test_serve_refuses_a_tampered_archive(tmp_path: Path, digits_archive: Path) -> None:
+    tampered = tmp_path / "tampered.mh"
+    with zipfile.ZipFile(digits_archive) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "weights.safetensors":
+                data = data[:-4] + b"\x00\x00\x80\x3f"
+            dst.writestr(info, data)
+    result = subprocess.run(
+        [sys.executable, "-m", "modelhost", "serve", str(tampered), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "weights.safetensors" in result.stderr
+    assert "does not match" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_path_traversal(tmp_path: Path, digits_archive: Path) -> None:
+    evil = tmp_path / "evil.mh"
+    with zipfile.ZipFile(digits_archive) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("../../escaped.py", b"print('owned')")
+    result = subprocess.run(
+        [sys.executable, "-m", "modelhost", "serve", str(evil), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "../../escaped.py" in result.stderr
+    assert "path traversal" in result.stderr
+    assert not (tmp_path.parent / "escaped.py").exists()
