@@ -7,13 +7,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.server import running_server
 
 from modelhost.archive import open_archive
 from modelhost.errors import ConfigError
 from modelhost.optimize.export import export_archive
 from modelhost.runtimes import LoadOptions, get_runtime
 from modelhost.train.data import load_digits_split
+from support.server import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from support.archives import slow_archive
-from support.server import running_server
 
 from modelhost.archive.manifest import Batching
+from support.archives import slow_archive
+from support.server import running_server
 
 pytestmark = pytest.mark.slow
 
