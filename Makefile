@@ -39,7 +39,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint typecheck
 	$(PY) -m pytest -q
 
 bench: install
