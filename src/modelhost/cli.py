@@ -204,6 +204,8 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print raw JSON answers")] = False,
 ) -> None:
     """Send images to a server and print the predictions."""
+    import httpx
+
     from modelhost.client import Client
     from modelhost.client.http import image_content_type
 
@@ -213,7 +215,10 @@ def predict(
                 kind, data = image_content_type(path), path.read_bytes()
             except (ValueError, OSError) as exc:
                 raise ConfigError(str(exc)) from exc
-            answer = client.predict_image(model, data, kind, version)
+            try:
+                answer = client.predict_image(model, data, kind, version)
+            except httpx.TransportError as exc:
+                raise ConfigError(f"cannot reach the server at {url}: {exc}") from exc
             if as_json:
                 out.print(json.dumps(answer), highlight=False, soft_wrap=True)
                 continue

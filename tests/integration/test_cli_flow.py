@@ -108,3 +108,32 @@ def test_pack_names_a_bad_version(tmp_path: Path, digits_model_dir: Path) -> Non
     assert result.returncode == 1
     assert "version" in result.stderr
     assert not (tmp_path / "x.mh").exists()
+
+
+def test_serve_on_a_busy_port_and_predict_without_server_are_clear(
+    tmp_path: Path, digits_archive: Path
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        served = mh("serve", str(digits_archive), "--port", str(port), cwd=tmp_path)
+        assert served.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in served.stderr
+        image = Path(__file__).parents[2] / "examples" / "digits" / "images" / "digit_1.png"
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            free = closed.getsockname()[1]
+        asked = mh(
+            "predict",
+            "--url",
+            f"http://127.0.0.1:{free}",
+            "--model",
+            "digits",
+            str(image),
+            cwd=tmp_path,
+        )
+        assert asked.returncode == 1
+        assert "cannot reach the server" in asked.stderr

@@ -22,6 +22,7 @@ from modelhost import __version__
 from modelhost.api.app import build_app
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
+from modelhost.errors import ConfigError
 from modelhost.monitor.metrics import Metrics
 from modelhost.serving import Engine, ModelInfo
 
@@ -50,11 +51,19 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """Bind a TCP socket for listening (``port`` 0 picks a free one)."""
+    """Bind a TCP socket for listening (``port`` 0 picks a free one).
+
+    Raises:
+        ConfigError: the address is in use or not available on this machine.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     return sock
 
 
