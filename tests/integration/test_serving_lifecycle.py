@@ -112,6 +112,14 @@ async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -
             httpx.get(f"{srv.url}/v2/health/live")
 
 
+def serve_once(archive: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``modelhost serve`` expecting it to refuse the archive and exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+
+
 def test_serve_refuses_a_tampered_archive(tmp_path: Path, digits_archive: Path) -> None:
     tampered = tmp_path / "tampered.mh"
     with zipfile.ZipFile(digits_archive) as src, zipfile.ZipFile(tampered, "w") as dst:
@@ -120,10 +128,7 @@ def test_serve_refuses_a_tampered_archive(tmp_path: Path, digits_archive: Path) 
             if info.filename == "weights.safetensors":
                 data = data[:-4] + b"\x00\x00\x80\x3f"
             dst.writestr(info, data)
-    result = subprocess.run(
-        [sys.executable, "-m", "modelhost", "serve", str(tampered), "--port", "0"],
-        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
+    result = serve_once(tampered)
     assert result.returncode == 1
     assert "weights.safetensors" in result.stderr
     assert "does not match" in result.stderr
@@ -136,10 +141,7 @@ def test_serve_refuses_path_traversal(tmp_path: Path, digits_archive: Path) -> N
         for info in src.infolist():
             dst.writestr(info, src.read(info))
         dst.writestr("../../escaped.py", b"print('owned')")
-    result = subprocess.run(
-        [sys.executable, "-m", "modelhost", "serve", str(evil), "--port", "0"],
-        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
+    result = serve_once(evil)
     assert result.returncode == 1
     assert "../../escaped.py" in result.stderr
     assert "path traversal" in result.stderr
