@@ -28,7 +28,7 @@ DType = Literal[
     "float64",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class _Strict(BaseModel):
@@ -124,7 +124,7 @@ class Manifest(ModelSpec):
     @field_validator("name", "version")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
                 " and start with a letter or digit"

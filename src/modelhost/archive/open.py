@@ -77,11 +77,13 @@ def _checked_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zi
     if len(members) > limits.max_members:
         raise ArchiveError(f"archive has {len(members)} members; the limit is {limits.max_members}")
     for info in members:
-        name = check_member_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
+        raw = info.filename
+        is_dir = raw.endswith("/")
+        name = check_member_name(raw[:-1] if is_dir else raw)
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise ArchiveError(f"archive member {name!r} is a symbolic link; refusing to open")
-        if info.is_dir():
+        if is_dir:
             continue
         if info.flag_bits & 0x1:
             raise ArchiveError(f"archive member {name!r} is encrypted; refusing to open")
@@ -136,10 +138,10 @@ def _extract_verified(
             f"{info.filename!r} is {info.file_size} bytes but {MANIFEST_NAME} says {size}; "
             "the archive was modified"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
     sha = hashlib.sha256()
     written = 0
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(info) as src, dest.open("wb") as out:
             while chunk := src.read(_CHUNK_BYTES):
                 written += len(chunk)

@@ -11,6 +11,8 @@ rebuilt from the ``code`` in the error body.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -78,17 +80,36 @@ def parse(response: httpx.Response) -> Any:
     """
     if response.is_success:
         return response.json()
+    message, code = response.text or response.reason_phrase, ""
     try:
         body = response.json()
-        message, code = str(body.get("error", response.text)), str(body.get("code", ""))
     except ValueError:
-        message, code = response.text or response.reason_phrase, ""
+        body = None
+    if isinstance(body, dict):
+        message, code = str(body.get("error", message)), str(body.get("code", ""))
     cls = error_class_for_code(code)
     if cls is Overloaded:
-        raise Overloaded(message, float(response.headers.get("Retry-After", "1")))
+        raise Overloaded(message, retry_after_s(response.headers.get("Retry-After")))
     if cls is ModelhostError:
         raise ModelhostError(f"HTTP {response.status_code}: {message}")
     raise cls(message)
+
+
+def retry_after_s(value: str | None) -> float:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (1 when absent)."""
+    if value is None:
+        return 1.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 1.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _headers(token: str | None) -> dict[str, str]:

@@ -36,6 +36,8 @@ def decode_image(data: bytes, prep: ImagePreprocessing, field: str = "body") -> 
                 raise InvalidInput(f"{field}: image of {img.width}x{img.height} is too large")
             img.load()
             converted = img.convert("L" if prep.grayscale else "RGB")
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"{field}: image is too large ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"{field}: not a decodable PNG or JPEG image ({exc})") from exc
     if converted.size != (prep.width, prep.height):

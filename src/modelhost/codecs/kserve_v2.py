@@ -6,6 +6,7 @@ JSON tensors (nested or flat ``data``) and the binary tensor extension
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,7 +158,7 @@ def _decode_binary(
         raise InvalidInput(
             f"{field}.parameters.binary_data_size {size} is more than the {len(tail)} bytes left"
         )
-    expected = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around
     if size != expected:
         raise InvalidInput(
             f"{field}: binary_data_size {size} does not match shape {shape} of {dtype} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,14 +30,30 @@ def json_to_array(data: Any, dtype: np.dtype[Any], field: str) -> np.ndarray:
         arr = np.asarray(data)
     except ValueError as exc:
         raise InvalidInput(f"{field}: lists are ragged (rows of different lengths)") from exc
+    if arr.size == 0:
+        return np.empty(arr.shape, dtype=dtype)
+    if arr.dtype.kind == "f" and dtype.kind in "iu" and _integral_beyond_float(data, arr):
+        # Integers past 2**53 (uint64, int64) made numpy infer float64: convert them exactly.
+        try:
+            return np.asarray(data, dtype=dtype)
+        except OverflowError as exc:
+            raise InvalidInput(f"{field}: values out of range for {dtype}") from exc
     if arr.dtype.kind not in _ACCEPTS[dtype.kind]:
         what = "strings or nulls" if arr.dtype.kind in "OUS" else f"{arr.dtype} values"
         raise InvalidInput(f"{field}: holds {what}; expected {_KIND_WORDS[dtype.kind]}")
-    if dtype.kind in "iu" and arr.size:
+    if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise InvalidInput(f"{field}: values out of range for {dtype}")
     return arr.astype(dtype, copy=False)
+
+
+def _integral_beyond_float(data: Any, arr: np.ndarray) -> bool:
+    """Whether ``data`` holds only Python ints, some too large for exact float64."""
+    if np.abs(arr).max() < 2.0**53:
+        return False
+    flat = np.asarray(data, dtype=object).reshape(-1)
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in flat)
 
 
 def check_element_count(arr: np.ndarray, shape: list[int], field: str) -> np.ndarray:
@@ -45,7 +62,7 @@ def check_element_count(arr: np.ndarray, shape: list[int], field: str) -> np.nda
     Raises:
         InvalidInput: the element count differs from the product of ``shape``.
     """
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)  # Python ints: a hostile shape cannot wrap around
     if arr.size != expected:
         raise InvalidInput(
             f"{field}: data has {arr.size} elements but shape {shape} needs {expected}"

@@ -75,6 +75,7 @@ class Batcher:
         for instance in instances:
             self._idle.put_nowait(instance)
         self._running: set[asyncio.Task[None]] = set()
+        self._forming: list[Pending] = []
         self._in_flight = 0
         self._items_per_s = 0.0
         self._accepting = True
@@ -128,15 +129,16 @@ class Batcher:
         """Stop accepting, let queued and running batches finish (up to ``timeout_s``)."""
         self._accepting = False
         deadline = self._clock() + timeout_s
-        while (self._queue or self._running) and self._clock() < deadline:
+        while (self._queue or self._forming or self._running) and self._clock() < deadline:
             await asyncio.sleep(0.01)
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for pending in self._queue:
+        for pending in (*self._queue, *self._forming):
             if not pending.future.done():
                 pending.future.set_exception(ModelNotReady(f"model {self.name} was unloaded"))
         self._queue.clear()
+        self._forming = []
         for instance in self._instances:
             await asyncio.to_thread(instance.close)
 
@@ -149,40 +151,43 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _gather(self) -> list[Pending]:
-        """Wait for the first live request, then gather more until the policy closes."""
-        batch: list[Pending] = []
+        """Wait for the first live request, then gather more until the policy closes.
+
+        The batch being formed is kept in ``self._forming`` so that ``close`` sees it.
+        """
+        batch = self._forming = []
         while not batch:
-            await self._wait_arrival(None)
-            batch = self._take(batch, 0)
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            items = self._take(batch, 0)
         # One turn of the loop lets requests already read off sockets join this batch.
         await asyncio.sleep(0)
-        items = sum(p.items for p in batch)
-        batch = self._take(batch, items)
-        items = sum(p.items for p in batch)
+        items = self._take(batch, items)
         while not should_close_batch(
             self._clock(), batch[0].enqueued_s, items, self._in_flight - len(batch), self.policy
         ):
             remaining = self.policy.max_batch_delay_s - (self._clock() - batch[0].enqueued_s)
-            await self._wait_arrival(remaining)
-            batch = self._take(batch, items)
-            items = sum(p.items for p in batch)
+            await self._wait_new_arrival(remaining)
+            items = self._take(batch, items)
+        self._forming = []
         return batch
 
-    async def _wait_arrival(self, timeout_s: float | None) -> None:
-        if self._queue:
-            return
+    async def _wait_new_arrival(self, timeout_s: float) -> None:
+        # What is still queued cannot join this batch (other shape or too big): wait for
+        # a request submitted after now.
         self._arrived.clear()
-        if timeout_s is None:
-            await self._arrived.wait()
-            return
         try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
                 await self._arrived.wait()
         except TimeoutError:
             return
 
-    def _take(self, batch: list[Pending], items: int) -> list[Pending]:
-        """Move live queued requests that fit (same shape key, size) into ``batch``."""
+    def _take(self, batch: list[Pending], items: int) -> int:
+        """Move live queued requests that fit (same shape key, size) into ``batch``.
+
+        Returns the number of items ``batch`` holds afterwards.
+        """
         now = self._clock()
         keep: collections.deque[Pending] = collections.deque()
         key = batch[0].key if batch else None
@@ -204,7 +209,7 @@ class Batcher:
                 keep.append(pending)
         self._queue = keep
         self._metrics.pending.set(len(keep))
-        return batch
+        return items
 
     async def _execute(self, instance: ModelInstance, batch: list[Pending]) -> None:
         try:
