@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads, set once at start (0 = all cores)"
+        0,
+        ge=0,
+        description="torch intra-op threads, set once at start (0 = auto: the cores "
+        "left after the event loop's, shared by the instances)",
     )
     onnx_intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per session (0 = all cores)"

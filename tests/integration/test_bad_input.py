@@ -95,7 +95,7 @@ CASES = [
     ("empty image", PREDICT, PNG, b"", 400, "invalid_input", "body: empty"),
     ("gif is refused", PREDICT, PNG, base64.b64decode(
         "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"), 400, "invalid_input",
-     "GIF images are not accepted"),
+     "not a decodable PNG or JPEG image"),
     ("native wrong content type", PREDICT, {"Content-Type": "text/csv"}, b"1,2", 415,
      "unsupported_media_type", "'text/csv'"),
     ("native form content type", PREDICT, {"Content-Type": "application/x-www-form-urlencoded"},

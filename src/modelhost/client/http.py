@@ -1,7 +1,7 @@
 """Sync and async clients sharing every decision through pure functions.
 
     >>> with Client("http://127.0.0.1:8080") as c:          # doctest: +SKIP
-    ...     c.predict_image("digits", open("7.png", "rb").read())["predictions"][0]["label"]
+    ...     c.predict_image("digits", Path("7.png").read_bytes())["predictions"][0]["label"]
     '7'
 
 Errors come back as the server's exception class (``ModelNotFound``, ``InvalidInput``...),

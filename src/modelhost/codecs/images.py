@@ -11,6 +11,8 @@ from modelhost.archive.manifest import ImagePreprocessing
 from modelhost.errors import InvalidInput
 
 IMAGE_CONTENT_TYPES = frozenset({"image/png", "image/jpeg"})
+# Only these decoders are tried: faster (no probing of every format) and a smaller surface.
+_FORMATS = ("PNG", "JPEG")
 # Refuse decompression bombs before decoding: 8192 x 8192 pixels at most.
 _MAX_PIXELS = 8192 * 8192
 
@@ -27,15 +29,12 @@ def decode_image(data: bytes, prep: ImagePreprocessing, field: str = "body") -> 
     if not data:
         raise InvalidInput(f"{field}: empty; send PNG or JPEG bytes")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise InvalidInput(
-                    f"{field}: {img.format} images are not accepted; send PNG or JPEG"
-                )
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
             if img.width * img.height > _MAX_PIXELS:
                 raise InvalidInput(f"{field}: image of {img.width}x{img.height} is too large")
             img.load()
-            converted = img.convert("L" if prep.grayscale else "RGB")
+            mode = "L" if prep.grayscale else "RGB"
+            converted = img if img.mode == mode else img.convert(mode)
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"{field}: image is too large ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -22,7 +22,7 @@ import numpy as np
 
 from modelhost.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
 from modelhost.monitor.metrics import ModelMetrics
-from modelhost.serving.instance import ModelInstance
+from modelhost.serving.instance import Computed, ModelInstance
 from modelhost.serving.policy import (
     BatchPolicy,
     fits_in_batch,
@@ -219,22 +219,20 @@ class Batcher:
             start = self._clock()
             inputs = _concatenate(live)
             try:
-                outputs = await instance.predict(inputs)
+                computed = await instance.predict(inputs)
             except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to each caller
                 error = InferenceFailed(f"model {self.name}:{self.version} failed: {exc!r}")
                 for pending in live:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 return
-            self._resolve(live, outputs, start, self._clock())
+            self._resolve(live, computed, start)
         finally:
             self._idle.put_nowait(instance)
 
-    def _resolve(
-        self, live: list[Pending], outputs: dict[str, np.ndarray], start: float, end: float
-    ) -> None:
+    def _resolve(self, live: list[Pending], computed: Computed, start: float) -> None:
         items = sum(p.items for p in live)
-        compute_s = end - start
+        outputs, compute_s = computed.outputs, computed.compute_s
         m = self._metrics
         m.batch_size.observe(items)
         m.compute_duration.observe(compute_s)

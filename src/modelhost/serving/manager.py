@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ from modelhost.runtimes.base import LoadOptions, Predictor
 from modelhost.runtimes.registry import PLATFORMS, get_runtime
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
-from modelhost.serving.policy import BatchPolicy
+from modelhost.serving.policy import BatchPolicy, torch_threads
 from modelhost.types import TensorSpec
 
 # A dynamic non-batch dim gets this size in the warm-up batch.
@@ -108,7 +109,9 @@ class ModelManager:
         runtime = get_runtime(manifest.runtime)
         options = LoadOptions(
             device=self._settings.device if self._settings.device != "auto" else manifest.device,
-            torch_threads=self._settings.torch_threads,
+            torch_threads=torch_threads(
+                self._settings.torch_threads, len(os.sched_getaffinity(0)), self._settings.instances
+            ),
             onnx_intra_op_threads=self._settings.onnx_intra_op_threads,
         )
         predictors: list[Predictor] = [

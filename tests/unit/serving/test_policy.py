@@ -84,3 +84,22 @@ def test_retry_after_s_is_the_drain_time_clamped_to_1_60(depth, items_per_s, sec
     result = retry_after_s(depth, items_per_s)
     assert result == seconds
     assert isinstance(result, int)
+
+
+@pytest.mark.parametrize(
+    ("requested", "cores", "instances", "expected"),
+    [
+        (0, 1, 1, 1),
+        (0, 2, 1, 1),
+        (0, 2, 2, 1),
+        (0, 4, 1, 3),
+        (0, 16, 3, 5),
+        (0, 16, 0, 15),
+        (3, 2, 1, 3),
+        (1, 64, 8, 1),
+    ],
+)
+def test_torch_threads_leave_a_core_for_the_event_loop(requested, cores, instances, expected):
+    from modelhost.serving.policy import torch_threads
+
+    assert torch_threads(requested, cores, instances) == expected
