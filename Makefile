@@ -43,7 +43,7 @@ test: lint typecheck
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/serve_digits.py
+	$(PY) benchmarks/serve_digits.py --runtime both --duration-s 10
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache

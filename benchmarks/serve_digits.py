@@ -166,7 +166,7 @@ def load_png() -> tuple[bytes, str]:
 
 
 def measure_in_process(
-    archive: Path, png: bytes, per_batch_s: float, latency_s: float
+    archive: Path, png: bytes, per_batch_s: float, latency_s: float, instances: int = 1
 ) -> InProcessFigures:
     """Load ``archive`` as the server does (same runtime, same thread settings) and time it."""
     import orjson
@@ -175,18 +175,14 @@ def measure_in_process(
     from modelhost.codecs.classification import classify
     from modelhost.codecs.images import decode_image
     from modelhost.config import Settings
-    from modelhost.runtimes.base import LoadOptions
     from modelhost.runtimes.registry import get_runtime
+    from modelhost.serving.manager import load_options
 
-    settings = Settings()
-    options = LoadOptions(
-        device="cpu",
-        torch_threads=settings.torch_threads,
-        onnx_intra_op_threads=settings.onnx_intra_op_threads,
-    )
+    settings = Settings(instances=instances)
     with tempfile.TemporaryDirectory(prefix="mh-bench-") as tmp:
         opened = open_archive(archive, Path(tmp))
         manifest = opened.manifest
+        options = load_options(settings, manifest)  # the server's own thread policy
         predictor = get_runtime(manifest.runtime).load(opened.root, manifest, options)
         if manifest.preprocessing is None or manifest.postprocessing is None:
             sys.exit(f"{archive} is not an image classifier")
@@ -234,6 +230,17 @@ def measure_in_process(
         p50_batch1_main_thread_ms=float(np.percentile(main_s, 50)) * 1e3,
         codec_p50_us=float(np.percentile(codec_s, 50)) * 1e6,
     )
+
+
+def _instances(server_args: str) -> int:
+    """The ``--instances N`` among the server flags (1 when absent): it sets torch's threads."""
+    words = shlex.split(server_args)
+    for i, word in enumerate(words):
+        if word == "--instances" and i + 1 < len(words):
+            return int(words[i + 1])
+        if word.startswith("--instances="):
+            return int(word.split("=", 1)[1])
+    return 1
 
 
 def _torch_threads() -> int:
@@ -592,7 +599,9 @@ def bench_runtime(
 ) -> RuntimeReport:
     print(f"\n[{runtime}] in-process limit ...", flush=True)
     wait_until_quiet(args.quiet_wait_s)
-    figures = measure_in_process(archive, png_file.read_bytes(), args.inproc_s, args.latency_s)
+    figures = measure_in_process(
+        archive, png_file.read_bytes(), args.inproc_s, args.latency_s, _instances(args.server_args)
+    )
     cmd = [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0",
            *shlex.split(args.server_args)]  # fmt: skip
     report = RuntimeReport(runtime, str(archive), cmd, figures)

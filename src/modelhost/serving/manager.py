@@ -68,6 +68,17 @@ def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
     )
 
 
+def load_options(settings: Settings, manifest: Manifest) -> LoadOptions:
+    """How the server loads ``manifest``: device and thread counts after its policies."""
+    return LoadOptions(
+        device=settings.device if settings.device != "auto" else manifest.device,
+        torch_threads=torch_threads(
+            settings.torch_threads, len(os.sched_getaffinity(0)), settings.instances
+        ),
+        onnx_intra_op_threads=settings.onnx_intra_op_threads,
+    )
+
+
 def warmup_batch(specs: tuple[TensorSpec, ...], rows: int) -> dict[str, np.ndarray]:
     """Zeros shaped like the signature with ``rows`` items."""
     return {
@@ -107,13 +118,7 @@ class ModelManager:
         opened = await asyncio.to_thread(open_archive, archive, into, limits)
         manifest = opened.manifest
         runtime = get_runtime(manifest.runtime)
-        options = LoadOptions(
-            device=self._settings.device if self._settings.device != "auto" else manifest.device,
-            torch_threads=torch_threads(
-                self._settings.torch_threads, len(os.sched_getaffinity(0)), self._settings.instances
-            ),
-            onnx_intra_op_threads=self._settings.onnx_intra_op_threads,
-        )
+        options = load_options(self._settings, manifest)
         predictors: list[Predictor] = [
             await asyncio.to_thread(runtime.load, opened.root, manifest, options)
             for _ in range(self._settings.instances)
