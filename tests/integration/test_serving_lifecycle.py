@@ -82,7 +82,9 @@ async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             answers = await asyncio.gather(*(post(client, srv.url, float(i)) for i in range(8)))
         codes = [a.status_code for a in answers]
-        assert codes.count(200) >= 3, codes
+        # 2 queued (max_queue) + at most 1 already taken by the batcher are answered.
+        assert 2 <= codes.count(200) <= 3, codes
+        assert codes.count(200) + codes.count(503) == 8, codes
         refused = [a for a in answers if a.status_code == 503]
         assert refused, codes
         assert all(a.json()["code"] == "overloaded" for a in refused)
