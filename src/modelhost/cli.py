@@ -44,8 +44,12 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _settings(**overrides: Any) -> Any:
-    from modelhost.config import Settings
+    from modelhost.config import Settings, unknown_env_settings
 
+    for name in unknown_env_settings():
+        err.print(
+            f"[yellow]warning:[/] {name} is not a modelhost setting; ignored", highlight=False
+        )
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

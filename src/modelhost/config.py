@@ -6,6 +6,7 @@ flags override it by constructing ``Settings(**overrides)``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _default_home() -> Path:
     return Path.home() / ".modelhost"
+
+
+def unknown_env_settings() -> list[str]:
+    """``MODELHOST_*`` environment variables that name no setting (typos are ignored
+    silently otherwise)."""
+    known = {f"MODELHOST_{name.upper()}" for name in Settings.model_fields}
+    return sorted(k for k in os.environ if k.startswith("MODELHOST_") and k not in known)
 
 
 class Settings(BaseSettings):

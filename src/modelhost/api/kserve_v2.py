@@ -9,12 +9,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelhost.api.inference import infer, observed
-from modelhost.api.native import json_response, media_type
+from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
 from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, decode_request, encode_response
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
-from modelhost.types import ModelRef
+from modelhost.types import ModelRef, TensorSpec
 
 PROTOCOL = "kserve_v2"
 SERVER_NAME = "modelhost"
@@ -24,7 +24,7 @@ _JSON_TYPES = frozenset({"", "application/json"})
 _BINARY_TYPES = frozenset({"application/octet-stream", "application/json", ""})
 
 
-def tensor_metadata(specs: tuple[Any, ...]) -> list[dict[str, Any]]:
+def tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     """``[{name, datatype, shape}]`` for metadata responses."""
     return [
         {"name": s.name, "datatype": NUMPY_TO_V2[s.dtype], "shape": list(s.shape)} for s in specs

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from modelhost.api.inference import infer, observed
+from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
 from modelhost.codecs.classification import classify
 from modelhost.codecs.images import IMAGE_CONTENT_TYPES, decode_image
@@ -23,20 +23,6 @@ from modelhost.serving import ModelInfo
 from modelhost.types import InferResult, ModelRef
 
 PROTOCOL = "native"
-
-
-def media_type(request: Request) -> str:
-    """The request's Content-Type without parameters, lower-cased ('' when absent)."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def json_response(doc: Any, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response serialized by orjson (numpy arrays allowed)."""
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-        headers=headers,
-        media_type="application/json",
-    )
 
 
 def predictions(info: ModelInfo, result: InferResult) -> list[Any]:
