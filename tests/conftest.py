@@ -10,10 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.paths import EXAMPLE_IMAGES
 from support.server import ServerProcess, running_server
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_IMAGES = ROOT / "examples" / "digits" / "images"
 
 
 @pytest.fixture(scope="session")

@@ -232,6 +232,110 @@ def predict(
                           highlight=False)  # fmt: skip
 
 
+def _registry(settings: Any) -> Any:
+    from modelhost.registry import LocalArtifactStore, Registry
+    from modelhost.registry.db import open_database, sqlite_url
+
+    url = settings.db_url or sqlite_url(settings.home)
+    return Registry(open_database(url), LocalArtifactStore(settings.home / "artifacts"))
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+HomeOption = Annotated[Path | None, typer.Option("--home", help="modelhost home [~/.modelhost]")]
+
+
+@app.command()
+@_friendly
+def push(
+    archive: Annotated[Path, typer.Argument(help="archive (.mh)")], home: HomeOption = None
+) -> None:
+    """Verify an archive and register it as the next version of its model."""
+    info = _registry(_settings(home=home)).push(archive, _actor())
+    out.print(
+        f"pushed {info.name}:{info.version} (sha256 {info.archive_sha256[:16]}…)", highlight=False
+    )
+
+
+@app.command(name="ls")
+@_friendly
+def list_models(home: HomeOption = None) -> None:
+    """List the registered models."""
+    table = Table("model", "versions", "latest", "production")
+    for m in _registry(_settings(home=home)).models():
+        table.add_row(m.name, str(m.versions), m.latest, m.production or "-")
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")], home: HomeOption = None
+) -> None:
+    """Show a registered version: manifest summary, metrics, stage history."""
+    from modelhost.registry.service import parse_ref
+
+    name, version = parse_ref(ref)
+    info = _registry(_settings(home=home)).show(name, version)
+    out.print(f"[bold]{info.name}:{info.version}[/]  stage={info.stage}  runtime={info.runtime}  "
+              f"{info.size_bytes} bytes  pushed {info.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    out.print(f"archive sha256 {info.archive_sha256}", highlight=False)
+    if info.metrics:
+        out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items())))
+    for change in info.history:
+        out.print(
+            f"  {change.at:%Y-%m-%d %H:%M:%S}  {change.from_stage} -> {change.to_stage}"
+            f"  by {change.actor}"
+        )
+
+
+@app.command()
+@_friendly
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    stage: Annotated[str, typer.Argument(help="production, staging, archived or none")],
+    home: HomeOption = None,
+) -> None:
+    """Move a version to a stage (a new production version archives the old one)."""
+    from modelhost.registry.service import parse_ref
+
+    name, version = parse_ref(ref)
+    if version is None:
+        raise ConfigError(f"{ref!r}: say which version, NAME:VERSION")
+    info = _registry(_settings(home=home)).promote(name, version, stage, _actor())
+    out.print(f"{info.name}:{info.version} is now {info.stage}", highlight=False)
+
+
+@app.command()
+@_friendly
+def rm(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home: HomeOption = None) -> None:
+    """Remove a registered version (and its archive when no other version shares it)."""
+    from modelhost.registry.service import parse_ref
+
+    name, version = parse_ref(ref)
+    if version is None:
+        raise ConfigError(f"{ref!r}: say which version, NAME:VERSION")
+    _registry(_settings(home=home)).remove(name, version, _actor())
+    out.print(f"removed {name}:{version}", highlight=False)
+
+
+@app.command()
+@_friendly
+def audit(
+    limit: Annotated[int, typer.Option(help="newest entries to show")] = 50,
+    home: HomeOption = None,
+) -> None:
+    """Show the audit log, newest first."""
+    table = Table("when", "who", "action", "target", "outcome", "detail")
+    for e in _registry(_settings(home=home)).audit(limit):
+        table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.target, e.outcome, e.detail)
+    out.print(table)
+
+
 def main() -> None:
     """Entry point of the ``modelhost`` script."""
     app()

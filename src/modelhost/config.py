@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELHOST_", extra="forbid")
 
     home: Path = Field(default_factory=_default_home, description="modelhost home directory")
+    db_url: str | None = Field(
+        None,
+        description="registry database URL (default: SQLite file registry.db in the home; "
+        "shared: postgresql+psycopg://user@host/db)",
+    )
     host: str = Field("127.0.0.1", description="inference HTTP bind address")
     port: int = Field(8080, ge=0, le=65535, description="inference HTTP port (0 = any free)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelhost.client import AsyncClient, Client
 from modelhost.errors import InvalidInput, ModelNotFound
 from modelhost.train.data import load_digits_split
+from support.paths import EXAMPLE_IMAGES
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +74,6 @@ def test_json_instances_and_b64_instances(server, example_images) -> None:
 
 
 def test_cli_predict_prints_the_digit(server) -> None:
-    from conftest import EXAMPLE_IMAGES
-
     result = subprocess.run(
         [sys.executable, "-m", "modelhost", "predict", "--url", server.url, "--model", "digits",
          str(EXAMPLE_IMAGES / "digit_7.png"), str(EXAMPLE_IMAGES / "digit_2.png")],
@@ -87,8 +86,6 @@ def test_cli_predict_prints_the_digit(server) -> None:
 
 
 def test_cli_predict_unknown_model_is_one_clear_line(server) -> None:
-    from conftest import EXAMPLE_IMAGES
-
     result = subprocess.run(
         [sys.executable, "-m", "modelhost", "predict", "--url", server.url, "--model", "nope",
          str(EXAMPLE_IMAGES / "digit_7.png")],
