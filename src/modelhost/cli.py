@@ -25,6 +25,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+HomeOption = Annotated[Path | None, typer.Option("--home", help="modelhost home [~/.modelhost]")]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -157,7 +158,10 @@ def export(
 @app.command()
 @_friendly
 def serve(
-    archives: Annotated[list[Path], typer.Argument(help="archives (.mh) to serve")],
+    models: Annotated[
+        list[str],
+        typer.Argument(help="archive files (.mh), or registered NAME (production) / NAME:VERSION"),
+    ],
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="port [8080]; 0 = any free port")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
@@ -165,14 +169,15 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="override the archive's")] = None,
     max_batch_delay_ms: Annotated[float | None, typer.Option(help="override the archive's")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
+    home: HomeOption = None,
 ) -> None:
-    """Serve archives over HTTP (KServe v2, native predict, /metrics) until Ctrl-C."""
+    """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""
     from modelhost.api.server import serve as run
     from modelhost.serving import ModelInfo
 
     settings = _settings(
         host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
-        max_batch_delay_ms=max_batch_delay_ms, log_level=log_level,
+        max_batch_delay_ms=max_batch_delay_ms, log_level=log_level, home=home,
     )  # fmt: skip
     first: list[str] = []
 
@@ -194,8 +199,34 @@ def serve(
                 highlight=False, soft_wrap=True,
             )  # fmt: skip
 
-    run(settings, archives, on_loaded=loaded, on_listening=listening)
+    run(settings, _sources(models, settings), on_loaded=loaded, on_listening=listening)
     out.print("stopped")
+
+
+def _sources(models: list[str], settings: Any) -> list[Any]:
+    """Archive files as they are; other arguments are looked up in the registry.
+
+    ``NAME`` (the production version) becomes the default version of its name; a pinned
+    ``NAME:VERSION`` does not.
+    """
+    from modelhost.registry.service import parse_ref
+    from modelhost.serving import ArchiveSource
+    from modelhost.types import ModelRef
+
+    sources: list[ArchiveSource] = []
+    registry = None
+    for model in models:
+        if Path(model).is_file() or model.endswith(".mh"):
+            sources.append(ArchiveSource(Path(model)))
+            continue
+        registry = registry or _registry(settings)
+        name, version = parse_ref(model)
+        info = registry.show(name, version)
+        path = registry.archive_path(name, info.version)
+        sources.append(ArchiveSource(path, ModelRef(name, info.version), version is None))
+    if registry is not None:
+        registry.close()
+    return sources
 
 
 @app.command()
@@ -244,9 +275,6 @@ def _actor() -> str:
     import getpass
 
     return f"cli:{getpass.getuser()}"
-
-
-HomeOption = Annotated[Path | None, typer.Option("--home", help="modelhost home [~/.modelhost]")]
 
 
 @app.command()

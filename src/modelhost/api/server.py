@@ -25,7 +25,7 @@ from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving import Engine, ModelInfo
+from modelhost.serving import ArchiveSource, Engine, ModelInfo
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -76,7 +76,7 @@ def url_of(sock: socket.socket) -> str:
 
 async def serve_async(
     settings: Settings,
-    archives: Sequence[Path],
+    archives: Sequence[Path | ArchiveSource],
     *,
     on_loaded: Callable[[ModelInfo], None] | None = None,
     on_listening: Callable[[str], None] | None = None,
@@ -87,8 +87,8 @@ async def serve_async(
     sock = bind(settings.host, settings.port)
     state = ServerState(settings=settings, metrics=Metrics(__version__))
     async with Engine.open(settings, state.metrics) as engine:
-        for archive in archives:
-            info = await engine.load(archive)
+        for source in archives:
+            info = await engine.load(source)
             if on_loaded is not None:
                 on_loaded(info)
         state.engine_ = engine
@@ -117,7 +117,7 @@ async def serve_async(
 
 def serve(
     settings: Settings,
-    archives: Sequence[Path],
+    archives: Sequence[Path | ArchiveSource],
     *,
     on_loaded: Callable[[ModelInfo], None] | None = None,
     on_listening: Callable[[str], None] | None = None,

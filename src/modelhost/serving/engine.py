@@ -16,11 +16,11 @@ from pathlib import Path
 from modelhost.config import Settings
 from modelhost.errors import DeadlineExceeded
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving.manager import ModelInfo, ModelManager
+from modelhost.serving.manager import ArchiveSource, ModelInfo, ModelManager
 from modelhost.serving.signature import check_inputs
 from modelhost.types import InferRequest, InferResult
 
-__all__ = ["Engine", "ModelInfo"]
+__all__ = ["ArchiveSource", "Engine", "ModelInfo"]
 
 
 class Engine:
@@ -43,9 +43,11 @@ class Engine:
             engine.ready = False
             await manager.close()
 
-    async def load(self, archive: Path) -> ModelInfo:
+    async def load(self, source: ArchiveSource | Path) -> ModelInfo:
         """Load one more archive (a new model, or a new version of a loaded one)."""
-        return await self._manager.load(archive)
+        return await self._manager.load(
+            source if isinstance(source, ArchiveSource) else ArchiveSource(source)
+        )
 
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         """Describe a loaded model version. Raises ModelNotFound."""

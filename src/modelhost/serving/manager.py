@@ -22,7 +22,7 @@ from modelhost.runtimes.registry import PLATFORMS, get_runtime
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
 from modelhost.serving.policy import BatchPolicy, torch_threads
-from modelhost.types import TensorSpec
+from modelhost.types import ModelRef, TensorSpec
 
 # A dynamic non-batch dim gets this size in the warm-up batch.
 _WARMUP_DYNAMIC_DIM = 8
@@ -43,6 +43,19 @@ class ModelInfo:
     policy: BatchPolicy
     load_s: float
     warmup_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSource:
+    """What to load: an archive, optionally under another identity (the registry's number).
+
+    ``default``: True makes it the name's default version; None only when the name has no
+    default yet (the first loaded wins); False never.
+    """
+
+    path: Path
+    ref: ModelRef | None = None
+    default: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +116,7 @@ class ModelManager:
         self._default: dict[str, str] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="modelhost-"))
 
-    async def load(self, archive: Path) -> ModelInfo:
+    async def load(self, source: ArchiveSource) -> ModelInfo:
         """Open, verify, load ``settings.instances`` instances, warm up, start batching.
 
         Raises:
@@ -115,8 +128,12 @@ class ModelManager:
             max_total_bytes=self._settings.max_archive_total_bytes,
         )
         into = Path(tempfile.mkdtemp(dir=self._workdir))
-        opened = await asyncio.to_thread(open_archive, archive, into, limits)
+        opened = await asyncio.to_thread(open_archive, source.path, into, limits)
         manifest = opened.manifest
+        if source.ref is not None:
+            manifest = manifest.model_copy(
+                update={"name": source.ref.name, "version": source.ref.version or manifest.version}
+            )
         runtime = get_runtime(manifest.runtime)
         options = load_options(self._settings, manifest)
         predictors: list[Predictor] = [
@@ -151,7 +168,8 @@ class ModelManager:
         previous = self._models.get(manifest.name, {}).get(manifest.version)
         batcher.start()
         self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(info, batcher)
-        self._default[manifest.name] = manifest.version
+        if source.default or (source.default is None and manifest.name not in self._default):
+            self._default[manifest.name] = manifest.version
         model_metrics.ready.set(1)
         if previous is not None:
             await previous.batcher.close(self._settings.drain_timeout_s)
