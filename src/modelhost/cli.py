@@ -170,6 +170,13 @@ def serve(
     max_batch_delay_ms: Annotated[float | None, typer.Option(help="override the archive's")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
     home: HomeOption = None,
+    management_port: Annotated[
+        int | None, typer.Option(help="management API port [8081]; 0 = any free, -1 = off")
+    ] = None,
+    management_host: Annotated[str | None, typer.Option(help="[127.0.0.1]")] = None,
+    public_management: Annotated[
+        bool, typer.Option(help="allow the management API on a non-loopback address")
+    ] = False,
 ) -> None:
     """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""
     from modelhost.api.server import serve as run
@@ -178,6 +185,8 @@ def serve(
     settings = _settings(
         host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms, log_level=log_level, home=home,
+        management_port=management_port, management_host=management_host,
+        public_management=public_management or None,
     )  # fmt: skip
     first: list[str] = []
 
@@ -199,8 +208,36 @@ def serve(
                 highlight=False, soft_wrap=True,
             )  # fmt: skip
 
-    run(settings, _sources(models, settings), on_loaded=loaded, on_listening=listening)
+    def management(url: str, token_file: Path) -> None:
+        out.print(f"management API on {url}  (bearer token in {token_file})", highlight=False)
+        if settings.public_management:
+            err.print(
+                f"[yellow]warning:[/] the management API listens on {url}, beyond this "
+                "machine; anyone with the token can load models",
+                highlight=False,
+            )
+
+    def resolve(ref: str) -> Any:
+        with _registry(settings) as registry:
+            return _registry_source(registry, ref)
+
+    run(
+        settings, _sources(models, settings), on_loaded=loaded, on_listening=listening,
+        on_management=management, resolve=resolve,
+    )  # fmt: skip
     out.print("stopped")
+
+
+def _registry_source(registry: Any, ref: str) -> Any:
+    """A registry ``NAME[:VERSION]`` as an ArchiveSource; ``NAME`` becomes the default."""
+    from modelhost.registry.service import parse_ref
+    from modelhost.serving import ArchiveSource
+    from modelhost.types import ModelRef
+
+    name, version = parse_ref(ref)
+    info = registry.show(name, version)
+    path = registry.archive_path(name, info.version)
+    return ArchiveSource(path, ModelRef(name, info.version), version is None)
 
 
 def _sources(models: list[str], settings: Any) -> list[Any]:
@@ -209,9 +246,7 @@ def _sources(models: list[str], settings: Any) -> list[Any]:
     ``NAME`` (the production version) becomes the default version of its name; a pinned
     ``NAME:VERSION`` does not.
     """
-    from modelhost.registry.service import parse_ref
     from modelhost.serving import ArchiveSource
-    from modelhost.types import ModelRef
 
     sources: list[ArchiveSource] = []
     registry = None
@@ -220,10 +255,7 @@ def _sources(models: list[str], settings: Any) -> list[Any]:
             sources.append(ArchiveSource(Path(model)))
             continue
         registry = registry or _registry(settings)
-        name, version = parse_ref(model)
-        info = registry.show(name, version)
-        path = registry.archive_path(name, info.version)
-        sources.append(ArchiveSource(path, ModelRef(name, info.version), version is None))
+        sources.append(_registry_source(registry, model))
     if registry is not None:
         registry.close()
     return sources

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="inference HTTP bind address")
     port: int = Field(8080, ge=0, le=65535, description="inference HTTP port (0 = any free)")
+    management_host: str = Field(
+        "127.0.0.1", description="management API bind address (elsewhere needs --public-management)"
+    )
+    management_port: int = Field(
+        8081, ge=-1, le=65535, description="management API port (0 = any free, -1 = off)"
+    )
+    public_management: bool = Field(
+        False, description="allow binding the management API to a non-loopback address"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", description="uvicorn log level"
     )
@@ -54,6 +63,9 @@ class Settings(BaseSettings):
     instances: int = Field(1, ge=1, le=64, description="model instances per model version")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
+    )
+    max_archive_upload_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="largest archive upload to the management API, bytes"
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="default deadline of one inference request, in seconds"

@@ -25,6 +25,8 @@ class ServerProcess:
     url: str
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
+    management_url: str = ""
+    token_file: Path | None = None
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM the server and return its exit status."""
@@ -51,6 +53,8 @@ def running_server(
     *archives: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
     """Run ``modelhost serve ARCHIVES --port 0 ARGS`` until the block ends (then SIGTERM)."""
+    if "--management-port" not in args:
+        args = (*args, "--management-port", "-1")
     cmd = [sys.executable, "-m", "modelhost", "serve", *map(str, archives), "--port", "0", *args]
     proc = subprocess.Popen(
         cmd,
@@ -64,6 +68,9 @@ def running_server(
     deadline = time.monotonic() + START_TIMEOUT_S
     for line in proc.stdout:
         server.output.append(line)
+        if line.startswith("management API on "):
+            server.management_url = line.split()[3]
+            server.token_file = Path(line.split("bearer token in ")[1].rstrip(")\n"))
         if line.startswith("serving on "):
             server.url = line.split()[2]
             break

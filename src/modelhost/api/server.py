@@ -7,6 +7,7 @@ second Ctrl-C forces the exit.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import signal
@@ -15,12 +16,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 from modelhost import __version__
 from modelhost.api.app import build_app
+from modelhost.api.auth import TOKEN_FILE, load_or_create_token
+from modelhost.api.management import Resolver, build_management_app
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
@@ -36,6 +41,7 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self._state = state
+        self.followers: list[uvicorn.Server] = []
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -48,7 +54,17 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
+        for other in self.followers:
+            other.should_exit = True
         super().handle_exit(sig, frame)
+
+
+class _FollowerServer(uvicorn.Server):
+    """A second server (management) that stops when the inference server does."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -74,17 +90,31 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
 async def serve_async(
     settings: Settings,
     archives: Sequence[Path | ArchiveSource],
     *,
     on_loaded: Callable[[ModelInfo], None] | None = None,
     on_listening: Callable[[str], None] | None = None,
+    on_management: Callable[[str, Path], None] | None = None,
+    resolve: Resolver | None = None,
 ) -> None:
-    """Load ``archives``, serve until a signal, then drain. Load errors raise before binding
-    anything but the socket.
+    """Load ``archives``, serve until a signal, then drain. Load errors raise before any
+    request is served. The management API (token required) listens on its own port
+    unless ``management_port`` is -1; a non-loopback address needs ``public_management``.
     """
+    manage = settings.management_port >= 0
+    if manage and not _is_loopback(settings.management_host) and not settings.public_management:
+        raise ConfigError(
+            f"refusing to expose the management API on {settings.management_host}: it can load "
+            "code; pass --public-management if you really mean it"
+        )
     sock = bind(settings.host, settings.port)
+    msock = bind(settings.management_host, settings.management_port) if manage else None
     state = ServerState(settings=settings, metrics=Metrics(__version__))
     async with Engine.open(settings, state.metrics) as engine:
         for source in archives:
@@ -97,33 +127,42 @@ async def serve_async(
         # the event loop for 50-120 ms several times a second at c=32 (benchmarks/).
         gc.collect()
         gc.freeze()
-        config = uvicorn.Config(
-            build_app(state),
-            http="httptools",
-            lifespan="off",
-            log_level=settings.log_level,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-        )
-        server = _Server(config, state)
+        server = _Server(_config(build_app(state), settings), state)
+        servers = [server.serve(sockets=[sock])]
+        if msock is not None:
+            token = load_or_create_token(settings.home)
+            mgmt = _FollowerServer(_config(build_management_app(state, token, resolve), settings))
+            server.followers = [mgmt]
+            servers.append(mgmt.serve(sockets=[msock]))
+            if on_management is not None:
+                on_management(url_of(msock), settings.home / TOKEN_FILE)
         if on_listening is not None:
             _notify_when_started(server, lambda: on_listening(url_of(sock)))
         try:
-            await server.serve(sockets=[sock])
+            await asyncio.gather(*servers)
         finally:
             state.draining = True
+
+
+def _config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="off",
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+    )
 
 
 def serve(
     settings: Settings,
     archives: Sequence[Path | ArchiveSource],
-    *,
-    on_loaded: Callable[[ModelInfo], None] | None = None,
-    on_listening: Callable[[str], None] | None = None,
+    **callbacks: Any,
 ) -> None:
-    """Blocking :func:`serve_async` on a uvloop event loop."""
-    uvloop.run(serve_async(settings, archives, on_loaded=on_loaded, on_listening=on_listening))
+    """Blocking :func:`serve_async` on a uvloop event loop (same keyword arguments)."""
+    uvloop.run(serve_async(settings, archives, **callbacks))
 
 
 def _notify_when_started(server: uvicorn.Server, callback: Callable[[], None]) -> None:

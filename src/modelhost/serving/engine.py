@@ -61,6 +61,22 @@ class Engine:
         """Loaded versions of ``name``."""
         return self._manager.versions(name)
 
+    def default_version(self, name: str) -> str:
+        """The version unversioned requests go to. Raises ModelNotFound."""
+        return self._manager.default_version(name)
+
+    def set_default(self, name: str, version: str) -> None:
+        """Route unversioned requests for ``name`` to ``version``. Raises ModelNotFound."""
+        self._manager.set_default(name, version)
+
+    async def unload(self, name: str, version: str) -> None:
+        """Unload a version after finishing what it accepted. Raises ModelNotFound."""
+        await self._manager.unload(name, version)
+
+    def in_flight(self, name: str, version: str) -> int:
+        """Requests accepted and not yet answered by that model version."""
+        return self._manager.get(name, version).batcher.in_flight
+
     def queue_depth(self, name: str, version: str | None = None) -> int:
         """Requests waiting for a batch of that model version."""
         return self._manager.get(name, version).batcher.queue_depth

@@ -49,13 +49,13 @@ class ModelInfo:
 class ArchiveSource:
     """What to load: an archive, optionally under another identity (the registry's number).
 
-    ``default``: True makes it the name's default version; None only when the name has no
-    default yet (the first loaded wins); False never.
+    ``default``: True makes it the name's default version; False only when the name has no
+    default yet (the first version loaded of a name is its default).
     """
 
     path: Path
     ref: ModelRef | None = None
-    default: bool | None = None
+    default: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,11 @@ def warmup_batch(specs: tuple[TensorSpec, ...], rows: int) -> dict[str, np.ndarr
         )
         for s in specs
     }
+
+
+def _version_order(version: str) -> tuple[int, int | str]:
+    # Numeric versions sort as numbers and after non-numeric ones ("10" > "9" > "beta").
+    return (1, int(version)) if version.isdigit() else (0, version)
 
 
 def _specs(signatures: tuple[TensorSignature, ...]) -> tuple[TensorSpec, ...]:
@@ -168,7 +173,7 @@ class ModelManager:
         previous = self._models.get(manifest.name, {}).get(manifest.version)
         batcher.start()
         self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(info, batcher)
-        if source.default or (source.default is None and manifest.name not in self._default):
+        if source.default or manifest.name not in self._default:
             self._default[manifest.name] = manifest.version
         model_metrics.ready.set(1)
         if previous is not None:
@@ -192,6 +197,34 @@ class ModelManager:
                 f"model {name!r} has no version {chosen!r} (loaded: {', '.join(sorted(versions))})"
             )
         return model
+
+    def default_version(self, name: str) -> str:
+        """The version unversioned requests for ``name`` go to. Raises ModelNotFound."""
+        return self.get(name).info.version
+
+    def set_default(self, name: str, version: str) -> None:
+        """Route unversioned requests for ``name`` to ``version`` (must be loaded)."""
+        self.get(name, version)
+        self._default[name] = version
+
+    async def unload(self, name: str, version: str) -> None:
+        """Stop routing to ``name:version``, finish what it accepted, stop its workers.
+
+        When it was the default, the highest remaining version becomes the default.
+
+        Raises:
+            ModelNotFound: not loaded.
+        """
+        model = self.get(name, version)
+        versions = self._models[name]
+        del versions[version]
+        if not versions:
+            del self._models[name]
+            del self._default[name]
+        elif self._default[name] == version:
+            self._default[name] = max(versions, key=_version_order)
+        self._metrics.for_model(name, version).ready.set(0)
+        await model.batcher.close(self._settings.drain_timeout_s)
 
     def all(self) -> list[LoadedModel]:
         """Every loaded model version, sorted by name then version."""
