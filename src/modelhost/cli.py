@@ -221,9 +221,13 @@ def serve(
         with _registry(settings) as registry:
             return _registry_source(registry, ref)
 
+    def audit(actor: str, action: str, target: str, outcome: str, detail: str) -> None:
+        with _registry(settings) as registry:
+            registry.record(actor, action, target, outcome, detail)
+
     run(
         settings, _sources(models, settings), on_loaded=loaded, on_listening=listening,
-        on_management=management, resolve=resolve,
+        on_management=management, resolve=resolve, audit=audit,
     )  # fmt: skip
     out.print("stopped")
 

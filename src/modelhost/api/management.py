@@ -5,16 +5,21 @@ GET    /models/{name}                         versions, default, instances, queu
 POST   /models                                {"ref": "NAME[:VERSION]"} from the registry,
                                               or an archive body (application/octet-stream)
 PUT    /models/{name}/default                 {"version": "2"}
+PUT    /models/{name}/split                   {"weights": {"1": 90, "2": 10}} ({} = off)
+PUT    /models/{name}/versions/{v}/instances  {"instances": 2}
 DELETE /models/{name}/versions/{version}      unload after finishing accepted requests
+
+Every change is reported to ``audit(actor, action, target, outcome, detail)`` (the
+registry's audit log when the server has one), the actor being the token's id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -24,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelhost.api.auth import BearerAuth
+from modelhost.api.auth import BearerAuth, token_id
 from modelhost.api.middleware import BodyLimit
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.responses import json_response, media_type
@@ -34,15 +39,21 @@ from modelhost.serving import ArchiveSource
 
 # Resolves "NAME[:VERSION]" in the registry to an archive source (None: no registry).
 Resolver = Callable[[str], ArchiveSource]
+Auditor = Callable[[str, str, str, str, str], None]
 _MAX_PAGE = 1000
+T = TypeVar("T")
 
 
 class ManagementAPI:
     """Routes over the running engine; ``resolve`` looks registry refs up."""
 
-    def __init__(self, state: ServerState, resolve: Resolver | None) -> None:
+    def __init__(
+        self, state: ServerState, resolve: Resolver | None, audit: Auditor | None, actor: str
+    ) -> None:
         self._state = state
         self._resolve = resolve
+        self._audit = audit
+        self._actor = actor
 
     def routes(self) -> list[Route]:
         return [
@@ -50,6 +61,8 @@ class ManagementAPI:
             Route("/models", self.register, methods=["POST"]),
             Route("/models/{name}", self.describe, methods=["GET"]),
             Route("/models/{name}/default", self.set_default, methods=["PUT"]),
+            Route("/models/{name}/split", self.set_split, methods=["PUT"]),
+            Route("/models/{name}/versions/{version}/instances", self.scale, methods=["PUT"]),
             Route("/models/{name}/versions/{version}", self.unregister, methods=["DELETE"]),
         ]
 
@@ -71,13 +84,33 @@ class ManagementAPI:
             info = engine.model(name, version)
             versions.append({
                 "version": version, "runtime": info.manifest.runtime, "device": info.device,
-                "instances": info.instances, "queue_depth": engine.queue_depth(name, version),
+                "instances": engine.instance_count(name, version),
+                "queue_depth": engine.queue_depth(name, version),
                 "in_flight": engine.in_flight(name, version), "status": "ready",
                 "max_batch_size": info.policy.max_batch_size,
             })  # fmt: skip
-        return {"name": name, "default_version": engine.default_version(name), "versions": versions}
+        return {
+            "name": name, "default_version": engine.default_version(name),
+            "split": engine.split(name), "versions": versions,
+        }  # fmt: skip
+
+    async def _audited(self, action: str, target: str, run: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await run()
+        except ModelhostError as exc:
+            await self._record(action, target, "failed", exc.message)
+            raise
+        await self._record(action, target, "ok", "")
+        return result
+
+    async def _record(self, action: str, target: str, outcome: str, detail: str) -> None:
+        if self._audit is not None:
+            await asyncio.to_thread(self._audit, self._actor, action, target, outcome, detail)
 
     async def register(self, request: Request) -> Response:
+        return await self._audited("load", "models", lambda: self._register(request))
+
+    async def _register(self, request: Request) -> Response:
         kind = media_type(request)
         if kind == "application/json":
             doc = _json_object(await request.body())
@@ -102,22 +135,58 @@ class ManagementAPI:
 
     async def set_default(self, request: Request) -> Response:
         name = request.path_params["name"]
-        version = _json_object(await request.body()).get("version")
-        if not isinstance(version, str):
-            raise InvalidInput('version must be a string, e.g. {"version": "2"}')
-        self._state.engine.set_default(name, version)
-        return json_response(self._describe(name))
+
+        async def run() -> Response:
+            version = _json_object(await request.body()).get("version")
+            if not isinstance(version, str):
+                raise InvalidInput('version must be a string, e.g. {"version": "2"}')
+            self._state.engine.set_default(name, version)
+            return json_response(self._describe(name))
+
+        return await self._audited("set_default", name, run)
+
+    async def set_split(self, request: Request) -> Response:
+        name = request.path_params["name"]
+
+        async def run() -> Response:
+            weights = _json_object(await request.body()).get("weights")
+            if not isinstance(weights, dict) or not all(
+                isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values()
+            ):
+                raise InvalidInput('weights must map versions to numbers: {"1": 90, "2": 10}')
+            self._state.engine.set_split(name, {str(v): float(w) for v, w in weights.items()})
+            return json_response(self._describe(name))
+
+        return await self._audited("set_split", name, run)
+
+    async def scale(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+
+        async def run() -> Response:
+            count = _json_object(await request.body()).get("instances")
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise InvalidInput('instances must be an integer, e.g. {"instances": 2}')
+            await self._state.engine.scale(name, version, count)
+            return json_response(self._describe(name))
+
+        return await self._audited("scale", f"{name}:{version}", run)
 
     async def unregister(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        await self._state.engine.unload(name, version)
-        return json_response({"unloaded": f"{name}:{version}"})
+
+        async def run() -> Response:
+            await self._state.engine.unload(name, version)
+            return json_response({"unloaded": f"{name}:{version}"})
+
+        return await self._audited("unload", f"{name}:{version}", run)
 
 
-def build_management_app(state: ServerState, token: str, resolve: Resolver | None) -> Starlette:
+def build_management_app(
+    state: ServerState, token: str, resolve: Resolver | None, audit: Auditor | None = None
+) -> Starlette:
     """The management app: token check outermost, then the body limit, then the routes."""
     return Starlette(
-        routes=ManagementAPI(state, resolve).routes(),
+        routes=ManagementAPI(state, resolve, audit, token_id(token)).routes(),
         middleware=[
             Middleware(BearerAuth, token=token),
             Middleware(BodyLimit, max_body_bytes=state.settings.max_archive_upload_bytes),

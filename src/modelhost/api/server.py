@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 from modelhost import __version__
 from modelhost.api.app import build_app
 from modelhost.api.auth import TOKEN_FILE, load_or_create_token
-from modelhost.api.management import Resolver, build_management_app
+from modelhost.api.management import Auditor, Resolver, build_management_app
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
@@ -102,6 +102,7 @@ async def serve_async(
     on_listening: Callable[[str], None] | None = None,
     on_management: Callable[[str, Path], None] | None = None,
     resolve: Resolver | None = None,
+    audit: Auditor | None = None,
 ) -> None:
     """Load ``archives``, serve until a signal, then drain. Load errors raise before any
     request is served. The management API (token required) listens on its own port
@@ -131,7 +132,9 @@ async def serve_async(
         servers = [server.serve(sockets=[sock])]
         if msock is not None:
             token = load_or_create_token(settings.home)
-            mgmt = _FollowerServer(_config(build_management_app(state, token, resolve), settings))
+            mgmt = _FollowerServer(
+                _config(build_management_app(state, token, resolve, audit), settings)
+            )
             server.followers = [mgmt]
             servers.append(mgmt.serve(sockets=[msock]))
             if on_management is not None:

@@ -239,13 +239,14 @@ class Registry:
         try:
             result = run()
         except ModelhostError as exc:
-            self._record(actor, action, target, "failed", exc.message)
+            self.record(actor, action, target, "failed", exc.message)
             raise
         detail = f"{result.name}:{result.version}" if isinstance(result, VersionInfo) else ""
-        self._record(actor, action, target, "ok", detail)
+        self.record(actor, action, target, "ok", detail)
         return result
 
-    def _record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None:
+    def record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None:
+        """Append one entry to the audit log."""
         with Session(self._engine) as session, session.begin():
             session.add(
                 AuditRow(

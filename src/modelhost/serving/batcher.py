@@ -82,6 +82,22 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
+    def instance_count(self) -> int:
+        """Instances computing for this version."""
+        return len(self._instances)
+
+    def add_instance(self, instance: ModelInstance) -> None:
+        """Start feeding one more (warmed-up) instance."""
+        self._instances.append(instance)
+        self._idle.put_nowait(instance)
+
+    async def remove_instance(self) -> None:
+        """Take one instance out once it is idle (its running batch finishes first), stop it."""
+        instance = await self._idle.get()
+        self._instances.remove(instance)
+        await asyncio.to_thread(instance.close)
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting for a batch."""
         return len(self._queue)

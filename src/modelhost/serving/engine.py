@@ -69,6 +69,22 @@ class Engine:
         """Route unversioned requests for ``name`` to ``version``. Raises ModelNotFound."""
         self._manager.set_default(name, version)
 
+    def set_split(self, name: str, weights: dict[str, float]) -> None:
+        """Weighted traffic split over loaded versions of ``name`` ({} = off)."""
+        self._manager.set_split(name, weights)
+
+    def split(self, name: str) -> dict[str, float]:
+        """The traffic split of ``name`` ({} when none)."""
+        return self._manager.split(name)
+
+    async def scale(self, name: str, version: str, instances: int) -> int:
+        """Set the instance count of a model version; returns it."""
+        return await self._manager.scale(name, version, instances)
+
+    def instance_count(self, name: str, version: str) -> int:
+        """Instances computing for that model version now."""
+        return self._manager.get(name, version).batcher.instance_count
+
     async def unload(self, name: str, version: str) -> None:
         """Unload a version after finishing what it accepted. Raises ModelNotFound."""
         await self._manager.unload(name, version)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +17,13 @@ import numpy as np
 from modelhost.archive.manifest import Manifest, TensorSignature
 from modelhost.archive.open import ArchiveLimits, open_archive
 from modelhost.config import Settings
-from modelhost.errors import ModelNotFound
+from modelhost.errors import InvalidInput, ModelNotFound
 from modelhost.monitor.metrics import Metrics
 from modelhost.runtimes.base import LoadOptions, Predictor
 from modelhost.runtimes.registry import PLATFORMS, get_runtime
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
-from modelhost.serving.policy import BatchPolicy, torch_threads
+from modelhost.serving.policy import BatchPolicy, pick_version, torch_threads
 from modelhost.types import ModelRef, TensorSpec
 
 # A dynamic non-batch dim gets this size in the warm-up batch.
@@ -64,6 +66,7 @@ class LoadedModel:
 
     info: ModelInfo
     batcher: Batcher
+    new_instance: Callable[[], ModelInstance]
 
 
 def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
@@ -119,6 +122,7 @@ class ModelManager:
         self._metrics = metrics
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._default: dict[str, str] = {}
+        self._split: dict[str, tuple[tuple[str, float], ...]] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="modelhost-"))
 
     async def load(self, source: ArchiveSource) -> ModelInfo:
@@ -168,11 +172,20 @@ class ModelManager:
         )
         label = f"{manifest.name}-{manifest.version}"
         instances = [ModelInstance(p, label) for p in predictors]
+
+        def new_instance() -> ModelInstance:  # blocking: load + warm up, for scaling out
+            predictor = runtime.load(opened.root, manifest, options)
+            for rows in sorted({1, policy.max_batch_size}):
+                predictor.predict(warmup_batch(inputs, rows))
+            return ModelInstance(predictor, label)
+
         model_metrics = self._metrics.for_model(manifest.name, manifest.version)
         batcher = Batcher(manifest.name, manifest.version, instances, policy, model_metrics)
         previous = self._models.get(manifest.name, {}).get(manifest.version)
         batcher.start()
-        self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(info, batcher)
+        self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(
+            info, batcher, new_instance
+        )
         if source.default or manifest.name not in self._default:
             self._default[manifest.name] = manifest.version
         model_metrics.ready.set(1)
@@ -190,7 +203,12 @@ class ModelManager:
         if not versions:
             known = ", ".join(sorted(self._models)) or "none"
             raise ModelNotFound(f"model {name!r} is not loaded (loaded: {known})")
-        chosen = self._default[name] if version is None else version
+        if version is not None:
+            chosen = version
+        elif name in self._split:
+            chosen = pick_version(self._split[name], random.random())
+        else:
+            chosen = self._default[name]
         model = versions.get(chosen)
         if model is None:
             raise ModelNotFound(
@@ -207,6 +225,43 @@ class ModelManager:
         self.get(name, version)
         self._default[name] = version
 
+    def set_split(self, name: str, weights: dict[str, float]) -> None:
+        """Send unversioned requests for ``name`` to loaded versions by weight ({} = off).
+
+        Raises:
+            InvalidInput: negative weights or none positive. ModelNotFound: a version is
+                not loaded.
+        """
+        if not weights:
+            self._split.pop(name, None)
+            return
+        for version, weight in weights.items():
+            self.get(name, version)
+            if not weight >= 0:
+                raise InvalidInput(f"weights.{version} must be a number >= 0, got {weight}")
+        if sum(weights.values()) <= 0:
+            raise InvalidInput("weights must add up to more than 0")
+        self._split[name] = tuple((v, float(w)) for v, w in sorted(weights.items()) if w > 0)
+
+    def split(self, name: str) -> dict[str, float]:
+        """The traffic split of ``name`` ({} when none)."""
+        return dict(self._split.get(name, ()))
+
+    async def scale(self, name: str, version: str, instances: int) -> int:
+        """Grow or shrink ``name:version`` to ``instances`` instances (1..64); returns the count.
+
+        New instances load and warm up before they take batches; removed ones finish
+        their running batch first.
+        """
+        if not 1 <= instances <= 64:
+            raise InvalidInput(f"instances must be between 1 and 64, got {instances}")
+        model = self.get(name, version)
+        while model.batcher.instance_count < instances:
+            model.batcher.add_instance(await asyncio.to_thread(model.new_instance))
+        while model.batcher.instance_count > instances:
+            await model.batcher.remove_instance()
+        return model.batcher.instance_count
+
     async def unload(self, name: str, version: str) -> None:
         """Stop routing to ``name:version``, finish what it accepted, stop its workers.
 
@@ -218,6 +273,11 @@ class ModelManager:
         model = self.get(name, version)
         versions = self._models[name]
         del versions[version]
+        if name in self._split:
+            rest = {v: w for v, w in self._split[name] if v != version}
+            self._split.pop(name)
+            if rest:
+                self._split[name] = tuple(rest.items())
         if not versions:
             del self._models[name]
             del self._default[name]

@@ -67,6 +67,23 @@ def torch_threads(requested: int, cores: int, instances: int) -> int:
     return max(1, (cores - 1) // max(1, instances))
 
 
+def pick_version(weights: tuple[tuple[str, float], ...], u: float) -> str:
+    """The version a weighted traffic split sends a request to, for ``u`` uniform in [0, 1).
+
+    >>> pick_version((("1", 90.0), ("2", 10.0)), 0.5)
+    '1'
+    >>> pick_version((("1", 90.0), ("2", 10.0)), 0.95)
+    '2'
+    """
+    total = sum(w for _, w in weights)
+    point = u * total
+    for version, weight in weights:
+        if point < weight:
+            return version
+        point -= weight
+    return weights[-1][0]
+
+
 def retry_after_s(depth: int, items_per_s: float) -> int:
     """Seconds a refused client should wait: the time to drain the queue, 1..60.
 
