@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     public_management: bool = Field(
         False, description="allow binding the management API to a non-loopback address"
     )
+    inference_token: str | None = Field(
+        None, description="when set, inference routes need 'Authorization: Bearer <token>'"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", description="uvicorn log level"
     )

@@ -183,3 +183,25 @@ async def test_unregister_finishes_accepted_requests_first(tmp_path):
         assert sorted(a.json()["predictions"][0][0] for a in answers) == [0.0, 2.0, 4.0, 6.0]
         after = httpx.post(f"{srv.url}/v1/models/slow:predict", json={"instances": [[1] * 4]})
         assert after.status_code == 404
+
+
+def test_the_inference_port_can_require_a_token(digits_archive, example_images, tmp_path):
+    from modelhost.client import Client
+    from modelhost.errors import Unauthorized
+
+    env = {"MODELHOST_INFERENCE_TOKEN": "s3cret-inference"}
+    with running_server(digits_archive, env=env, args=("--home", str(tmp_path))) as srv:
+        assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200  # probes stay open
+        r = httpx.post(
+            f"{srv.url}/v1/models/digits:predict", content=example_images["1"], headers=PNG
+        )
+        assert r.status_code == 401
+        assert r.json()["code"] == "unauthorized"
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401
+        with Client(srv.url, token="wrong") as client, pytest.raises(Unauthorized):
+            client.predict_image("digits", example_images["1"])
+        with Client(srv.url, token="s3cret-inference") as client:
+            assert (
+                client.predict_image("digits", example_images["1"])["predictions"][0]["label"]
+                == "1"
+            )

@@ -8,6 +8,7 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 
 from modelhost import __version__
+from modelhost.api.auth import BearerAuth
 from modelhost.api.health import HealthAPI
 from modelhost.api.inference import ClientDisconnected
 from modelhost.api.kserve_v2 import KServeV2API
@@ -24,6 +25,18 @@ async def _client_gone(*_: object) -> Response:
     return Response(status_code=499)
 
 
+# Kubernetes probes carry no token: health stays open when the inference token is set.
+HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+def _middleware(state: ServerState) -> list[Middleware]:
+    limit = Middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)
+    token = state.settings.inference_token
+    if token is None:
+        return [limit]
+    return [Middleware(BearerAuth, token=token, open_paths=HEALTH_PATHS), limit]
+
+
 def build_app(state: ServerState) -> Starlette:
     """Build the inference app over ``state`` (whose engine the caller opens and closes).
 
@@ -37,7 +50,7 @@ def build_app(state: ServerState) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)],
+        middleware=_middleware(state),
         exception_handlers={
             ModelhostError: on_modelhost_error,
             HTTPException: on_http_exception,

@@ -38,17 +38,17 @@ def token_id(token: str) -> str:
 class BearerAuth:
     """Pure ASGI: every HTTP request needs ``Authorization: Bearer <token>``, else 401."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
+        self._open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] not in self._open_paths:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 body = error_body(
-                    "missing or wrong bearer token (Authorization: Bearer <token>; the token "
-                    f"is in the modelhost home, {TOKEN_FILE})",
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
                     Unauthorized.code,
                 )
                 await send({"type": "http.response.start", "status": 401, "headers": [
