@@ -159,9 +159,12 @@ def export(
 @_friendly
 def serve(
     models: Annotated[
-        list[str],
-        typer.Argument(help="archive files (.mh), or registered NAME (production) / NAME:VERSION"),
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="archive files (.mh), or registered NAME (production) / NAME:VERSION; "
+            "none: serve again what this server served last (from the registry)"
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="port [8080]; 0 = any free port")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
@@ -225,9 +228,30 @@ def serve(
         with _registry(settings) as registry:
             registry.record(actor, action, target, outcome, detail)
 
+    if models:
+        sources, restore = _sources(models, settings), None
+    else:
+        sources, restore = _restored_sources(settings)
+    uses_registry = any(s.origin == "registry" for s in sources)
+
+    def persist(states: list[Any]) -> None:
+        from modelhost.registry.service import ServedVersion
+
+        kept = [s for s in states if s.origin == "registry"]
+        if not (uses_registry or kept):
+            return  # archive files only: nothing the registry could restore
+        with _registry(settings) as registry:
+            registry.save_served(
+                settings.server_name,
+                [
+                    ServedVersion(s.name, s.version, s.is_default, s.weight, s.instances)
+                    for s in kept
+                ],
+            )
+
     run(
-        settings, _sources(models, settings), on_loaded=loaded, on_listening=listening,
-        on_management=management, resolve=resolve, audit=audit,
+        settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
+        resolve=resolve, audit=audit, persist=persist, after_load=restore,
     )  # fmt: skip
     out.print("stopped")
 
@@ -241,7 +265,44 @@ def _registry_source(registry: Any, ref: str) -> Any:
     name, version = parse_ref(ref)
     info = registry.show(name, version)
     path = registry.archive_path(name, info.version)
-    return ArchiveSource(path, ModelRef(name, info.version), version is None)
+    return ArchiveSource(path, ModelRef(name, info.version), version is None, origin="registry")
+
+
+def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
+    """What the registry says this server served last, and a step restoring split and scale.
+
+    Raises:
+        ConfigError: nothing is recorded for this server.
+    """
+    from modelhost.types import ModelRef
+
+    with _registry(settings) as registry:
+        served = registry.served(settings.server_name)
+        if not served:
+            raise ConfigError(
+                f"nothing to serve: give archives or registered names (the registry has no "
+                f"record of server {settings.server_name!r})"
+            )
+        from modelhost.serving import ArchiveSource
+
+        sources = [
+            ArchiveSource(
+                registry.archive_path(s.model, s.version), ModelRef(s.model, s.version),
+                s.is_default, origin="registry",
+            )
+            for s in served
+        ]  # fmt: skip
+
+    async def restore(engine: Any) -> None:
+        for s in served:
+            if s.instances > 1:
+                await engine.scale(s.model, s.version, s.instances)
+        for name in sorted({s.model for s in served}):
+            weights = {s.version: s.weight for s in served if s.model == name and s.weight > 0}
+            if weights:
+                engine.set_split(name, weights)
+
+    return sources, restore
 
 
 def _sources(models: list[str], settings: Any) -> list[Any]:

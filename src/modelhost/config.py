@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     public_management: bool = Field(
         False, description="allow binding the management API to a non-loopback address"
     )
+    server_name: str = Field(
+        "default", description="name under which the registry remembers what this server serves"
+    )
     inference_token: str | None = Field(
         None, description="when set, inference routes need 'Authorization: Bearer <token>'"
     )

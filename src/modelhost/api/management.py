@@ -35,11 +35,13 @@ from modelhost.api.problems import on_http_exception, on_modelhost_error, on_une
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
 from modelhost.errors import InvalidInput, ModelhostError, UnsupportedMediaType
-from modelhost.serving import ArchiveSource
+from modelhost.serving import ArchiveSource, VersionState
 
 # Resolves "NAME[:VERSION]" in the registry to an archive source (None: no registry).
 Resolver = Callable[[str], ArchiveSource]
 Auditor = Callable[[str, str, str, str, str], None]
+# Called with the engine's snapshot after every change (the registry persists it).
+Persister = Callable[[list[VersionState]], None]
 _MAX_PAGE = 1000
 T = TypeVar("T")
 
@@ -48,8 +50,14 @@ class ManagementAPI:
     """Routes over the running engine; ``resolve`` looks registry refs up."""
 
     def __init__(
-        self, state: ServerState, resolve: Resolver | None, audit: Auditor | None, actor: str
+        self,
+        state: ServerState,
+        resolve: Resolver | None,
+        audit: Auditor | None,
+        actor: str,
+        persist: Persister | None = None,
     ) -> None:
+        self._persist = persist
         self._state = state
         self._resolve = resolve
         self._audit = audit
@@ -101,6 +109,8 @@ class ManagementAPI:
             await self._record(action, target, "failed", exc.message)
             raise
         await self._record(action, target, "ok", "")
+        if self._persist is not None:
+            await asyncio.to_thread(self._persist, self._state.engine.snapshot())
         return result
 
     async def _record(self, action: str, target: str, outcome: str, detail: str) -> None:
@@ -125,7 +135,7 @@ class ManagementAPI:
             with tempfile.TemporaryDirectory(prefix="modelhost-upload-") as tmp:
                 path = Path(tmp) / "upload.mh"
                 path.write_bytes(await request.body())
-                info = await self._state.engine.load(ArchiveSource(path))
+                info = await self._state.engine.load(ArchiveSource(path, origin="upload"))
         else:
             raise UnsupportedMediaType(
                 f'Content-Type {kind or "(none)"!r}: send application/json {{"ref": ...}} '
@@ -182,11 +192,15 @@ class ManagementAPI:
 
 
 def build_management_app(
-    state: ServerState, token: str, resolve: Resolver | None, audit: Auditor | None = None
+    state: ServerState,
+    token: str,
+    resolve: Resolver | None,
+    audit: Auditor | None = None,
+    persist: Persister | None = None,
 ) -> Starlette:
     """The management app: token check outermost, then the body limit, then the routes."""
     return Starlette(
-        routes=ManagementAPI(state, resolve, audit, token_id(token)).routes(),
+        routes=ManagementAPI(state, resolve, audit, token_id(token), persist).routes(),
         middleware=[
             Middleware(BearerAuth, token=token),
             Middleware(BodyLimit, max_body_bytes=state.settings.max_archive_upload_bytes),

@@ -12,7 +12,7 @@ import gc
 import math
 import signal
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 from modelhost import __version__
 from modelhost.api.app import build_app
 from modelhost.api.auth import TOKEN_FILE, load_or_create_token
-from modelhost.api.management import Auditor, Resolver, build_management_app
+from modelhost.api.management import Auditor, Persister, Resolver, build_management_app
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
@@ -103,6 +103,8 @@ async def serve_async(
     on_management: Callable[[str, Path], None] | None = None,
     resolve: Resolver | None = None,
     audit: Auditor | None = None,
+    persist: Persister | None = None,
+    after_load: Callable[[Engine], Awaitable[None]] | None = None,
 ) -> None:
     """Load ``archives``, serve until a signal, then drain. Load errors raise before any
     request is served. The management API (token required) listens on its own port
@@ -122,6 +124,10 @@ async def serve_async(
             info = await engine.load(source)
             if on_loaded is not None:
                 on_loaded(info)
+        if after_load is not None:
+            await after_load(engine)
+        if persist is not None:
+            await asyncio.to_thread(persist, engine.snapshot())
         state.engine_ = engine
         # Everything loaded so far lives as long as the server: move it out of the
         # collector's sight. Without this, full collections over the model objects paused
@@ -133,7 +139,7 @@ async def serve_async(
         if msock is not None:
             token = load_or_create_token(settings.home)
             mgmt = _FollowerServer(
-                _config(build_management_app(state, token, resolve, audit), settings)
+                _config(build_management_app(state, token, resolve, audit, persist), settings)
             )
             server.followers = [mgmt]
             servers.append(mgmt.serve(sockets=[msock]))

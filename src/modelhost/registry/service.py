@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from modelhost.archive.open import ArchiveLimits, open_archive
 from modelhost.errors import ConfigError, ModelhostError, ModelNotFound
 from modelhost.registry.store import ArtifactStore
-from modelhost.registry.tables import STAGES, AuditRow, ModelRow, StageChangeRow, VersionRow
+from modelhost.registry.tables import (
+    STAGES,
+    AuditRow,
+    ModelRow,
+    ServedRow,
+    StageChangeRow,
+    VersionRow,
+)  # fmt: skip
 
 _PUSH_RETRIES = 20
 T = TypeVar("T")
@@ -74,6 +81,17 @@ class AuditEntry:
     target: str
     outcome: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServedVersion:
+    """One registry version a server serves, with its routing and scale."""
+
+    model: str
+    version: str
+    is_default: bool
+    weight: float
+    instances: int
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -226,6 +244,30 @@ class Registry:
                 self._store.path(digest).unlink(missing_ok=True)
 
         self._audited(actor, "remove", f"{name}:{version}", run)
+
+    def save_served(self, server: str, versions: list[ServedVersion]) -> None:
+        """Replace what ``server`` serves, in one transaction."""
+        with Session(self._engine) as session, session.begin():
+            session.query(ServedRow).filter(ServedRow.server == server).delete()
+            for v in versions:
+                session.add(
+                    ServedRow(
+                        server=server, model=v.model, version=v.version,
+                        is_default=v.is_default, weight=v.weight, instances=v.instances,
+                    )
+                )  # fmt: skip
+
+    def served(self, server: str) -> list[ServedVersion]:
+        """What ``server`` served last, in model then version order."""
+        with Session(self._engine) as session:
+            rows = session.scalars(
+                select(ServedRow)
+                .where(ServedRow.server == server)
+                .order_by(ServedRow.model, ServedRow.version)
+            )
+            return [
+                ServedVersion(r.model, r.version, r.is_default, r.weight, r.instances) for r in rows
+            ]
 
     def audit(self, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` audit entries, newest first."""

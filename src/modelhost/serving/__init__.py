@@ -1,5 +1,5 @@
 """The serving engine: batching, instances, versions. No HTTP in here."""
 
-from modelhost.serving.engine import ArchiveSource, Engine, ModelInfo
+from modelhost.serving.engine import ArchiveSource, Engine, ModelInfo, VersionState
 
-__all__ = ["ArchiveSource", "Engine", "ModelInfo"]
+__all__ = ["ArchiveSource", "Engine", "ModelInfo", "VersionState"]

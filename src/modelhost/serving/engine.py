@@ -16,11 +16,11 @@ from pathlib import Path
 from modelhost.config import Settings
 from modelhost.errors import DeadlineExceeded
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving.manager import ArchiveSource, ModelInfo, ModelManager
+from modelhost.serving.manager import ArchiveSource, ModelInfo, ModelManager, VersionState
 from modelhost.serving.signature import check_inputs
 from modelhost.types import InferRequest, InferResult
 
-__all__ = ["ArchiveSource", "Engine", "ModelInfo"]
+__all__ = ["ArchiveSource", "Engine", "ModelInfo", "VersionState"]
 
 
 class Engine:
@@ -68,6 +68,10 @@ class Engine:
     def set_default(self, name: str, version: str) -> None:
         """Route unversioned requests for ``name`` to ``version``. Raises ModelNotFound."""
         self._manager.set_default(name, version)
+
+    def snapshot(self) -> list[VersionState]:
+        """How every loaded version is served now."""
+        return self._manager.snapshot()
 
     def set_split(self, name: str, weights: dict[str, float]) -> None:
         """Weighted traffic split over loaded versions of ``name`` ({} = off)."""

@@ -58,6 +58,19 @@ class ArchiveSource:
     path: Path
     ref: ModelRef | None = None
     default: bool = False
+    origin: str = "file"  # "file", "registry" or "upload": only registry ones are restorable
+
+
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    """How one loaded version is served now (what a restart must restore)."""
+
+    name: str
+    version: str
+    origin: str
+    is_default: bool
+    weight: float
+    instances: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,7 @@ class LoadedModel:
     info: ModelInfo
     batcher: Batcher
     new_instance: Callable[[], ModelInstance]
+    source: ArchiveSource
 
 
 def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
@@ -184,7 +198,7 @@ class ModelManager:
         previous = self._models.get(manifest.name, {}).get(manifest.version)
         batcher.start()
         self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(
-            info, batcher, new_instance
+            info, batcher, new_instance, source
         )
         if source.default or manifest.name not in self._default:
             self._default[manifest.name] = manifest.version
@@ -216,9 +230,28 @@ class ModelManager:
             )
         return model
 
+    def snapshot(self) -> list[VersionState]:
+        """Every loaded version with its routing (default, split weight) and scale."""
+        return [
+            VersionState(
+                name=m.info.name,
+                version=m.info.version,
+                origin=m.source.origin,
+                is_default=self._default.get(m.info.name) == m.info.version,
+                weight=dict(self._split.get(m.info.name, ())).get(m.info.version, 0.0),
+                instances=m.batcher.instance_count,
+            )
+            for m in self.all()
+        ]
+
     def default_version(self, name: str) -> str:
-        """The version unversioned requests for ``name`` go to. Raises ModelNotFound."""
-        return self.get(name).info.version
+        """The version unversioned requests for ``name`` go to when no split is set.
+
+        Raises:
+            ModelNotFound: ``name`` is not loaded.
+        """
+        self.get(name, self._default.get(name))
+        return self._default[name]
 
     def set_default(self, name: str, version: str) -> None:
         """Route unversioned requests for ``name`` to ``version`` (must be loaded)."""

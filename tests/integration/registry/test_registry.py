@@ -192,3 +192,26 @@ def test_kill_9_during_push_leaves_a_consistent_registry(
         blob = reg.archive_path("tiny", str(version))
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == info.archive_sha256
     assert reg.push(big, "after").version == str(count + 1)
+
+
+def test_a_registry_at_revision_0001_keeps_its_rows_when_migrated(
+    db_url: str, tmp_path: Path, registry
+) -> None:
+    from sqlalchemy import create_engine
+
+    from modelhost.registry.service import ServedVersion
+
+    engine = create_engine(db_url)
+    try:
+        migrate(engine, "0001")  # what the first modelhost release created
+        assert "served" not in inspect(engine).get_table_names()
+        old = Registry(engine, LocalArtifactStore(tmp_path / "artifacts"))
+        old_version = old.push(make_archive(tmp_path / "a"), "old-release")
+        reg = registry(db_url, tmp_path)  # opening migrates to head
+        assert "served" in inspect(engine).get_table_names()
+        assert reg.show("tiny", old_version.version).archive_sha256 == old_version.archive_sha256
+        reg.save_served("edge-1", [ServedVersion("tiny", "1", True, 0.0, 2)])
+        assert reg.served("edge-1") == [ServedVersion("tiny", "1", True, 0.0, 2)]
+        assert reg.served("other") == []
+    finally:
+        engine.dispose()
