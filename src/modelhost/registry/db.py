@@ -10,10 +10,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = threading.Lock()
+_PG_LOCK_KEY = 0x6D6F64656C  # 'model': one advisory lock for registry migrations
 
 
 def sqlite_url(home: Path) -> str:
@@ -38,13 +39,16 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Run the Alembic migrations up to ``revision`` on ``engine`` (no-op when there).
 
     Alembic keeps its context in module globals, so migrations in one process run one at a
-    time; across processes the database's own locking keeps them apart.
+    time; across processes PostgreSQL's advisory lock (SQLite's write lock) keeps them apart.
     """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     script = ScriptDirectory.from_config(cfg)
     target = script.get_current_head() if revision == "head" else revision
     with _MIGRATION_LOCK, engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait, then see head.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         current = MigrationContext.configure(connection).get_current_revision()
         if current == target or (current is None and target == "base"):
             return
