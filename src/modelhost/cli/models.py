@@ -1,0 +1,109 @@
+"""Commands that make archives: train, pack, inspect, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelhost.cli.base import app, friendly, out
+from modelhost.errors import ConfigError
+
+
+@app.command()
+@friendly
+def train(
+    recipe: Annotated[str, typer.Argument(help="what to train: digits-cnn")],
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the trained model")],
+    epochs: Annotated[int, typer.Option(help="passes over the training data")] = 12,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same weights)")] = 0,
+) -> None:
+    """Train a model recipe on its bundled data set."""
+    if recipe != "digits-cnn":
+        raise ConfigError(f"unknown recipe {recipe!r}; available: digits-cnn")
+    from modelhost.train.digits import train_digits
+
+    report = train_digits(out_dir, epochs=epochs, seed=seed, console=out)
+    out.print(
+        f"test accuracy {report.test_accuracy:.4f} in {report.duration_s:.1f} s; "
+        f"wrote {out_dir} (pack it: modelhost pack {out_dir} --name digits --version 1 "
+        "--out digits.mh)"
+    )
+
+
+@app.command()
+@friendly
+def pack(
+    model_dir: Annotated[Path, typer.Argument(help="trained model directory")],
+    name: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+) -> None:
+    """Pack a trained model directory into one verified archive."""
+    from modelhost.archive import pack_model_dir
+
+    manifest = pack_model_dir(model_dir, name=name, version=version, out=out_file)
+    out.print(
+        f"packed {manifest.name}:{manifest.version} ({len(manifest.files)} files) -> {out_file}"
+    )
+
+
+@app.command()
+@friendly
+def inspect(
+    archive: Annotated[Path, typer.Argument(help="archive (.mh)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Verify an archive and print its manifest."""
+    import tempfile
+
+    from modelhost.archive import open_archive
+
+    with tempfile.TemporaryDirectory(prefix="modelhost-inspect-") as tmp:
+        opened = open_archive(archive, Path(tmp))
+    m = opened.manifest
+    if as_json:
+        out.print_json(m.model_dump_json())
+        return
+    out.print(f"[bold]{m.name}:{m.version}[/]  runtime={m.runtime}  task={m.task}  "
+              f"created {m.created_at:%Y-%m-%d %H:%M:%S %Z}")  # fmt: skip
+    out.print(f"archive sha256 {opened.sha256}  (all {len(m.files)} file digests verified)")
+    sig = Table("", "name", "dtype", "shape", title="signature", title_justify="left")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            sig.add_row(kind, s.name, s.dtype, str(list(s.shape)))
+    out.print(sig)
+    if m.labels:
+        out.print(f"labels: {', '.join(m.labels)}")
+    if m.preprocessing:
+        out.print(f"preprocessing: {m.preprocessing.model_dump()}")
+    b = m.batching
+    out.print(f"batching: max_batch_size={b.max_batch_size} max_batch_delay_ms="
+              f"{b.max_batch_delay_ms} max_queue={b.max_queue}")  # fmt: skip
+    if m.metrics:
+        out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.metrics.items())))
+    files = Table("file", "bytes", "sha256", title="files", title_justify="left")
+    for name, entry in sorted(m.files.items()):
+        files.add_row(name, str(entry.size), entry.sha256[:16] + "…")
+    out.print(files)
+
+
+@app.command()
+@friendly
+def export(
+    archive: Annotated[Path, typer.Argument(help="torch archive (.mh)")],
+    to: Annotated[str, typer.Option(help="onnx or torchscript")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+    atol: Annotated[float, typer.Option(help="largest output difference accepted")] = 1e-4,
+) -> None:
+    """Export a torch archive to ONNX or TorchScript (outputs checked against torch)."""
+    from modelhost.optimize.export import export_archive
+
+    if to not in ("onnx", "torchscript"):
+        raise ConfigError(f"--to {to!r} is not supported; use onnx or torchscript")
+    report = export_archive(archive, out_file, to, atol=atol)  # type: ignore[arg-type]
+    m = report.manifest
+    out.print(f"exported {m.name}:{m.version} to {m.runtime} -> {out_file} "
+              f"(max |Δ| vs torch {report.max_abs_diff:.2e})")  # fmt: skip

@@ -1,0 +1,217 @@
+"""Commands that serve and call models: serve, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelhost.cli.base import HomeOption, app, err, friendly, out, registry_for, settings_from
+from modelhost.errors import ConfigError
+
+
+@app.command()
+@friendly
+def serve(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="archive files (.mh), or registered NAME (production) / NAME:VERSION; "
+            "none: serve again what this server served last (from the registry)"
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8080]; 0 = any free port")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+    instances: Annotated[int | None, typer.Option(help="instances per model [1]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="override the archive's")] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option(help="override the archive's")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
+    home: HomeOption = None,
+    management_port: Annotated[
+        int | None, typer.Option(help="management API port [8081]; 0 = any free, -1 = off")
+    ] = None,
+    management_host: Annotated[str | None, typer.Option(help="[127.0.0.1]")] = None,
+    public_management: Annotated[
+        bool, typer.Option(help="allow the management API on a non-loopback address")
+    ] = False,
+) -> None:
+    """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""
+    from modelhost.api.server import serve as run
+    from modelhost.serving import ModelInfo
+
+    settings = settings_from(
+        host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
+        max_batch_delay_ms=max_batch_delay_ms, log_level=log_level, home=home,
+        management_port=management_port, management_host=management_host,
+        public_management=public_management or None,
+    )  # fmt: skip
+    first: list[str] = []
+
+    def loaded(info: ModelInfo) -> None:
+        first.append(info.name)
+        out.print(
+            f"loaded {info.name}:{info.version}  runtime={info.manifest.runtime}  "
+            f"device={info.device}  instances={info.instances}  "
+            f"load {info.load_s * 1e3:.0f} ms  warm-up {info.warmup_s * 1e3:.1f} ms",
+            highlight=False,
+        )
+
+    def listening(url: str) -> None:
+        out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)
+        if first:
+            out.print(
+                f"try: curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png "
+                f"{url}/v1/models/{first[0]}:predict",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+
+    def management(url: str, token_file: Path) -> None:
+        out.print(f"management API on {url}  (bearer token in {token_file})", highlight=False)
+        if settings.public_management:
+            err.print(
+                f"[yellow]warning:[/] the management API listens on {url}, beyond this "
+                "machine; anyone with the token can load models",
+                highlight=False,
+            )
+
+    def resolve(ref: str) -> Any:
+        with registry_for(settings) as registry:
+            return _registry_source(registry, ref)
+
+    def audit(actor: str, action: str, target: str, outcome: str, detail: str) -> None:
+        with registry_for(settings) as registry:
+            registry.record(actor, action, target, outcome, detail)
+
+    if models:
+        sources, restore = _sources(models, settings), None
+    else:
+        sources, restore = _restored_sources(settings)
+    uses_registry = any(s.origin == "registry" for s in sources)
+
+    def persist(states: list[Any]) -> None:
+        from modelhost.registry.service import ServedVersion
+
+        kept = [s for s in states if s.origin == "registry"]
+        if not (uses_registry or kept):
+            return  # archive files only: nothing the registry could restore
+        with registry_for(settings) as registry:
+            registry.save_served(
+                settings.server_name,
+                [
+                    ServedVersion(s.name, s.version, s.is_default, s.weight, s.instances)
+                    for s in kept
+                ],
+            )
+
+    run(
+        settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
+        resolve=resolve, audit=audit, persist=persist, after_load=restore,
+    )  # fmt: skip
+    out.print("stopped")
+
+
+def _registry_source(registry: Any, ref: str) -> Any:
+    """A registry ``NAME[:VERSION]`` as an ArchiveSource; ``NAME`` becomes the default."""
+    from modelhost.registry.service import parse_ref
+    from modelhost.serving import ArchiveSource
+    from modelhost.types import ModelRef
+
+    name, version = parse_ref(ref)
+    info = registry.show(name, version)
+    path = registry.archive_path(name, info.version)
+    return ArchiveSource(path, ModelRef(name, info.version), version is None, origin="registry")
+
+
+def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
+    """What the registry says this server served last, and a step restoring split and scale.
+
+    Raises:
+        ConfigError: nothing is recorded for this server.
+    """
+    from modelhost.types import ModelRef
+
+    with registry_for(settings) as registry:
+        served = registry.served(settings.server_name)
+        if not served:
+            raise ConfigError(
+                f"nothing to serve: give archives or registered names (the registry has no "
+                f"record of server {settings.server_name!r})"
+            )
+        from modelhost.serving import ArchiveSource
+
+        sources = [
+            ArchiveSource(
+                registry.archive_path(s.model, s.version), ModelRef(s.model, s.version),
+                s.is_default, origin="registry",
+            )
+            for s in served
+        ]  # fmt: skip
+
+    async def restore(engine: Any) -> None:
+        for s in served:
+            if s.instances > 1:
+                await engine.scale(s.model, s.version, s.instances)
+        for name in sorted({s.model for s in served}):
+            weights = {s.version: s.weight for s in served if s.model == name and s.weight > 0}
+            if weights:
+                engine.set_split(name, weights)
+
+    return sources, restore
+
+
+def _sources(models: list[str], settings: Any) -> list[Any]:
+    """Archive files as they are; other arguments are looked up in the registry.
+
+    ``NAME`` (the production version) becomes the default version of its name; a pinned
+    ``NAME:VERSION`` does not.
+    """
+    from modelhost.serving import ArchiveSource
+
+    sources: list[ArchiveSource] = []
+    registry = None
+    for model in models:
+        if Path(model).is_file() or model.endswith(".mh"):
+            sources.append(ArchiveSource(Path(model)))
+            continue
+        registry = registry or registry_for(settings)
+        sources.append(_registry_source(registry, model))
+    if registry is not None:
+        registry.close()
+    return sources
+
+
+@app.command()
+@friendly
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files")],
+    model: Annotated[str, typer.Option(help="model name")],
+    url: Annotated[str, typer.Option(help="server URL")] = "http://127.0.0.1:8080",
+    version: Annotated[str | None, typer.Option(help="model version [default]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print raw JSON answers")] = False,
+) -> None:
+    """Send images to a server and print the predictions."""
+    import httpx
+
+    from modelhost.client import Client
+    from modelhost.client.http import image_content_type
+
+    with Client(url) as client:
+        for path in images:
+            try:
+                kind, data = image_content_type(path), path.read_bytes()
+            except (ValueError, OSError) as exc:
+                raise ConfigError(str(exc)) from exc
+            try:
+                answer = client.predict_image(model, data, kind, version)
+            except httpx.TransportError as exc:
+                raise ConfigError(f"cannot reach the server at {url}: {exc}") from exc
+            if as_json:
+                out.print(json.dumps(answer), highlight=False, soft_wrap=True)
+                continue
+            for pred in answer["predictions"]:
+                ranked = ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred.get("top_k", []))
+                out.print(f"{path}: {pred['label']}  (score {pred['score']:.3f}; top: {ranked})",
+                          highlight=False)  # fmt: skip
