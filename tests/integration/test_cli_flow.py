@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.cli import mh
+
 pytestmark = pytest.mark.slow
-
-
-def mh(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
-        env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
 
 
 def test_train_pack_inspect_export(tmp_path: Path) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
 
 PNG = {"Content-Type": "image/png"}
-
-
-def mh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", *args], capture_output=True, text=True,
-        timeout=120, check=False, env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
 
 
 def test_kill_9_then_restart_serves_the_same(

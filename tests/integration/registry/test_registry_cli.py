@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+from support.cli import mh as run_cli
 from support.registry_archives import make_archive
 
 
 def mh(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", *args, "--home", str(home)],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
+    return run_cli(*args, "--home", str(home), timeout_s=120)
 
 
 def test_push_ls_show_promote_rm_audit(tmp_path: Path) -> None:

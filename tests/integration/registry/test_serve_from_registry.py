@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
-
-
-def mh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", *args], capture_output=True, text=True,
-        timeout=120, check=False, env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
 
 
 def test_serve_production_and_pinned_versions(
