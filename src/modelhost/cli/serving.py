@@ -77,13 +77,20 @@ def serve(
                 highlight=False,
             )
 
+    # One registry (one connection pool, one migration check) for the server's lifetime,
+    # opened on first use: the callbacks run in worker threads, which SQLAlchemy allows.
+    opened: list[Any] = []
+
+    def registry() -> Any:
+        if not opened:
+            opened.append(registry_for(settings))
+        return opened[0]
+
     def resolve(ref: str) -> Any:
-        with registry_for(settings) as registry:
-            return _registry_source(registry, ref)
+        return _registry_source(registry(), ref)
 
     def audit(actor: str, action: str, target: str, outcome: str, detail: str) -> None:
-        with registry_for(settings) as registry:
-            registry.record(actor, action, target, outcome, detail)
+        registry().record(actor, action, target, outcome, detail)
 
     if models:
         sources, restore = _sources(models, settings), None
@@ -97,19 +104,19 @@ def serve(
         kept = [s for s in states if s.origin == "registry"]
         if not (uses_registry or kept):
             return  # archive files only: nothing the registry could restore
-        with registry_for(settings) as registry:
-            registry.save_served(
-                settings.server_name,
-                [
-                    ServedVersion(s.name, s.version, s.is_default, s.weight, s.instances)
-                    for s in kept
-                ],
-            )
+        registry().save_served(
+            settings.server_name,
+            [ServedVersion(s.name, s.version, s.is_default, s.weight, s.instances) for s in kept],
+        )
 
-    run(
-        settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
-        resolve=resolve, audit=audit, persist=persist, after_load=restore,
-    )  # fmt: skip
+    try:
+        run(
+            settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
+            resolve=resolve, audit=audit, persist=persist, after_load=restore,
+        )  # fmt: skip
+    finally:
+        for reg in opened:
+            reg.close()
     out.print("stopped")
 
 
