@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     inference_token: str | None = Field(
         None, description="when set, inference routes need 'Authorization: Bearer <token>'"
     )
+    trust_code: bool = Field(
+        False,
+        description="allow loading archives whose format executes code (torch eager "
+        "model.py, TorchScript); off: such archives are refused",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", description="uvicorn log level"
     )
@@ -94,3 +99,59 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="how long shutdown waits for accepted requests, in seconds"
     )
+    # --- Limits: every one bounds memory or time; each refusal names its setting. ---
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest request line + headers, in bytes (431)"
+    )
+    max_headers: int = Field(100, ge=8, description="most header fields in one request (431)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="longest time from connecting (or a request's first byte) "
+        "to the end of its headers, in seconds (408, connection closed)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the next piece of a request body, in "
+        "seconds (408, connection closed)",
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections + running requests per listener (503)"
+    )
+    max_inflight_body_bytes: int = Field(
+        256 * 1024**2, ge=1024, description="request body bytes held at once by the whole "
+        "inference server (503 + Retry-After beyond)",
+    )
+    max_request_items: int = Field(
+        1024, ge=1, description="instances (rows along the batch axis) in one request (413)"
+    )
+    max_request_elements: int = Field(
+        8 * 1024**2, ge=1, description="decoded tensor elements in one request (413)"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="pixels of one decoded image, width x height (413)"
+    )
+    max_request_pixels: int = Field(
+        64 * 1024**2, ge=1, description="decoded image pixels in one request, all images (413)"
+    )
+    max_batch_elements: int = Field(
+        16 * 1024**2, ge=1, description="tensor elements in one batch; a request joins a "
+        "batch only while the sum stays under it (a request alone always runs)",
+    )
+    warmup_max_elements: int = Field(
+        1024**2, ge=1, description="tensor elements of the largest warm-up batch at load "
+        "(rows = min(max_batch_size, this / elements per item))",
+    )
+    db_lock_timeout_s: float = Field(
+        10.0, ge=0, description="how long a registry write waits for a locked database, "
+        "in seconds (then 503, nothing applied)",
+    )
+
+    @field_validator("inference_token")
+    @classmethod
+    def _real_token(cls, value: str | None) -> str | None:
+        # An empty token would make "Authorization: Bearer " (nothing) the password.
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError(
+                "is empty, whitespace or holds control characters; unset it or give a real token"
+            )
+        if value is not None and (value != value.strip() or not value.isascii()):
+            raise ValueError("must be ASCII without leading or trailing spaces")
+        return value

@@ -100,6 +100,48 @@ class ConfigError(ModelhostError):
     code = "config_error"
 
 
+class HeadersTooLarge(ModelhostError):
+    """The request line and headers are over ``max_header_bytes`` or ``max_headers``."""
+
+    status = 431
+    code = "headers_too_large"
+
+
+class RequestTimeout(ModelhostError):
+    """The client was too slow sending its headers or body (the connection is closed)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class UntrustedCode(ModelhostError):
+    """The archive's format executes code and the server was not told to trust it."""
+
+    status = 403
+    code = "untrusted_code"
+
+
+class Conflict(ModelhostError):
+    """The change contradicts what is already there (e.g. the same name:version, other bytes)."""
+
+    status = 409
+    code = "conflict"
+
+
+class RegistryUnavailable(ModelhostError):
+    """The registry database cannot be reached, is locked, or refused the change."""
+
+    status = 503
+    code = "registry_unavailable"
+
+
+class InsufficientStorage(ModelhostError):
+    """The disk is full (or a write was refused): nothing was kept."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 _BY_CODE: dict[str, type[ModelhostError]] = {
     cls.code: cls
     for cls in (
@@ -115,6 +157,12 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
         InferenceFailed,
         ArchiveError,
         ConfigError,
+        HeadersTooLarge,
+        RequestTimeout,
+        UntrustedCode,
+        Conflict,
+        RegistryUnavailable,
+        InsufficientStorage,
     )
 }
 

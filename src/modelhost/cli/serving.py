@@ -37,6 +37,13 @@ def serve(
     public_management: Annotated[
         bool, typer.Option(help="allow the management API on a non-loopback address")
     ] = False,
+    trust_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-code",
+            help="allow archives whose format runs code (torch eager model.py, TorchScript)",
+        ),
+    ] = False,
 ) -> None:
     """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""
     from modelhost.api.server import serve as run
@@ -46,7 +53,7 @@ def serve(
         host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms, log_level=log_level, home=home,
         management_port=management_port, management_host=management_host,
-        public_management=public_management or None,
+        public_management=public_management or None, trust_code=trust_code or None,
     )  # fmt: skip
     first: list[str] = []
 
