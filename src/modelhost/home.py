@@ -52,5 +52,8 @@ def prepare_home(home: Path) -> list[str]:
             home.chmod(mode & ~_OTHERS_ANY)
         except OSError as exc:
             raise ConfigError(f"cannot make {home} private: {exc.strerror}") from exc
-        return [f"the modelhost home {home} was readable by others (mode {mode:04o}); removed their access"]
+        return [
+            f"the modelhost home {home} was readable by others (mode {mode:04o}); "
+            "removed their access"
+        ]
     return []
