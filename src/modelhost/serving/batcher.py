@@ -37,11 +37,12 @@ ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A queued request: its future, its item count and shape key, when it arrived."""
+    """A queued request: its future, its item and element counts, shape key, arrival."""
 
     request: InferRequest
     future: asyncio.Future[InferResult]
     items: int
+    elements: int
     key: ShapeKey
     enqueued_s: float
 
@@ -129,7 +130,9 @@ class Batcher:
                 retry_after_s=retry_after_s(len(self._queue), self._items_per_s),
             )
         future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(request, future, items, shape_key(request), self._clock()))
+        elements = sum(arr.size for arr in request.inputs.values())
+        pending = Pending(request, future, items, elements, shape_key(request), self._clock())
+        self._queue.append(pending)
         self._in_flight += 1
         self._metrics.in_flight.inc()
         self._metrics.pending.set(len(self._queue))
@@ -176,16 +179,16 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            items = self._take(batch, 0)
+            self._take(batch)
         # One turn of the loop lets requests already read off sockets join this batch.
         await asyncio.sleep(0)
-        items = self._take(batch, items)
+        items = self._take(batch)
         while not should_close_batch(
             self._clock(), batch[0].enqueued_s, items, self._in_flight - len(batch), self.policy
         ):
             remaining = self.policy.max_batch_delay_s - (self._clock() - batch[0].enqueued_s)
             await self._wait_new_arrival(remaining)
-            items = self._take(batch, items)
+            items = self._take(batch)
         self._forming = []
         return batch
 
@@ -199,14 +202,16 @@ class Batcher:
         except TimeoutError:
             return
 
-    def _take(self, batch: list[Pending], items: int) -> int:
-        """Move live queued requests that fit (same shape key, size) into ``batch``.
+    def _take(self, batch: list[Pending]) -> int:
+        """Move live queued requests that fit (same shape key, rows, elements) into ``batch``.
 
         Returns the number of items ``batch`` holds afterwards.
         """
         now = self._clock()
         keep: collections.deque[Pending] = collections.deque()
         key = batch[0].key if batch else None
+        items = sum(p.items for p in batch)
+        elements = sum(p.elements for p in batch)
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():
@@ -218,9 +223,12 @@ class Batcher:
                 continue
             if key is None:
                 key = pending.key
-            if pending.key == key and fits_in_batch(items, pending.items, self.policy):
+            if pending.key == key and fits_in_batch(
+                items, elements, pending.items, pending.elements, self.policy
+            ):
                 batch.append(pending)
                 items += pending.items
+                elements += pending.elements
             else:
                 keep.append(pending)
         self._queue = keep
@@ -232,19 +240,28 @@ class Batcher:
             live = [p for p in batch if not p.future.done()]
             if not live:
                 return
-            start = self._clock()
-            inputs = _concatenate(live)
-            try:
-                computed = await instance.predict(inputs)
-            except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to each caller
-                error = InferenceFailed(f"model {self.name}:{self.version} failed: {exc!r}")
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                return
-            self._resolve(live, computed, start)
+            await self._compute(instance, live)
         finally:
             self._idle.put_nowait(instance)
+
+    async def _compute(self, instance: ModelInstance, live: list[Pending]) -> None:
+        """Run ``live`` as one batch. When that batch fails and holds several requests,
+        run each alone, so one request the model cannot take fails only itself."""
+        start = self._clock()
+        try:
+            computed = await instance.predict(_concatenate(live))
+            _check_rows(computed.outputs, sum(p.items for p in live))
+        except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to its callers
+            if len(live) > 1:
+                for pending in live:
+                    if not pending.future.done():
+                        await self._compute(instance, [pending])
+                return
+            error = InferenceFailed(f"model {self.name}:{self.version} failed: {exc!r}")
+            if not live[0].future.done():
+                live[0].future.set_exception(error)
+            return
+        self._resolve(live, computed, start)
 
     def _resolve(self, live: list[Pending], computed: Computed, start: float) -> None:
         items = sum(p.items for p in live)
@@ -274,6 +291,16 @@ class Batcher:
                     )
                 )
             offset = end_row
+
+
+def _check_rows(outputs: dict[str, np.ndarray], rows: int) -> None:
+    # Rows are split back by position: a model answering another row count would hand
+    # requests each other's answers.
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise ValueError(
+                f"output {name!r} has shape {list(value.shape)} for a batch of {rows} rows"
+            )
 
 
 def _concatenate(batch: list[Pending]) -> dict[str, np.ndarray]:

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """Limits of one model version's batcher."""
+    """Limits of one model version's batcher.
+
+    ``max_batch_elements`` bounds the tensor elements of a batch (all inputs), so that
+    ``max_batch_size`` large requests cannot add up to a batch no memory holds.
+    """
 
     max_batch_size: int
     max_batch_delay_s: float
     max_queue: int
+    max_batch_elements: int = 16 * 1024**2
 
 
 def should_close_batch(
@@ -35,12 +40,46 @@ def should_close_batch(
     return now_s - oldest_enqueued_s >= policy.max_batch_delay_s
 
 
-def fits_in_batch(items: int, request_items: int, policy: BatchPolicy) -> bool:
-    """Whether a request of ``request_items`` rows joins a batch holding ``items`` rows.
+def fits_in_batch(
+    items: int, elements: int, request_items: int, request_elements: int, policy: BatchPolicy
+) -> bool:
+    """Whether a request (``request_items`` rows, ``request_elements`` tensor elements)
+    joins a batch holding ``items`` rows and ``elements`` elements.
 
-    A request larger than ``max_batch_size`` still runs, alone, as its own batch.
+    A request larger than ``max_batch_size`` or ``max_batch_elements`` still runs, alone,
+    as its own batch (the request limits bound it).
+
+    >>> p = BatchPolicy(max_batch_size=8, max_batch_delay_s=0.0, max_queue=64,
+    ...                 max_batch_elements=100)
+    >>> fits_in_batch(0, 0, 20, 1000, p), fits_in_batch(4, 40, 4, 40, p)
+    (True, True)
+    >>> fits_in_batch(4, 80, 1, 40, p)
+    False
     """
-    return items == 0 or items + request_items <= policy.max_batch_size
+    if items == 0:
+        return True
+    return (
+        items + request_items <= policy.max_batch_size
+        and elements + request_elements <= policy.max_batch_elements
+    )
+
+
+def warmup_rows(item_elements: int, max_batch_size: int, max_elements: int) -> tuple[int, ...]:
+    """Batch sizes to warm a model up with at load: 1 and the largest batch that fits
+    ``max_elements`` tensor elements (at most ``max_batch_size``).
+
+    Warming up at ``max_batch_size`` blindly is a memory bomb: an archive declaring
+    65,536 rows of images took 3 GiB at load. Larger batches are met lazily, in service.
+
+    >>> warmup_rows(784, max_batch_size=32, max_elements=1024**2)
+    (1, 32)
+    >>> warmup_rows(784, max_batch_size=65536, max_elements=1024**2)
+    (1, 1337)
+    >>> warmup_rows(10**7, max_batch_size=64, max_elements=1024**2)
+    (1,)
+    """
+    largest = max(1, min(max_batch_size, max_elements // max(1, item_elements)))
+    return tuple(sorted({1, largest}))
 
 
 def is_queue_full(depth: int, policy: BatchPolicy) -> bool:

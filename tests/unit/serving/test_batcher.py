@@ -18,7 +18,8 @@ WAIT_S = 5.0
 
 
 class Doubler:
-    """Returns ``y = 2 * x``; records every batch it sees; refuses negative input.
+    """Returns ``y = 2 * x``; records every batch it sees; refuses negative input;
+    answers one row short while ``drop_a_row`` is set.
 
     ``gate`` (set by default) holds ``predict`` while cleared, so requests pile up;
     ``entered`` is set when a batch reaches ``predict``.
@@ -31,6 +32,7 @@ class Doubler:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.drop_a_row = False
 
     def predict(self, batch):
         x = batch["x"]
@@ -40,7 +42,7 @@ class Doubler:
             raise TimeoutError("test gate never opened")
         if (x < 0).any():
             raise ValueError("negative input")
-        return {"y": x * 2}
+        return {"y": x[1:] * 2 if self.drop_a_row else x * 2}
 
     @property
     def sizes(self):
@@ -259,22 +261,33 @@ async def test_a_request_already_past_its_deadline_fails_on_an_idle_model(rig):
     assert r.predictor.batches == []
 
 
-async def test_a_failing_batch_fails_each_request_and_the_batcher_goes_on(rig):
+async def test_a_failing_batch_is_rerun_per_request_so_only_the_bad_one_fails(rig):
     r = rig()
     first = await r.block(_req(1, 0))
     bad, innocent = _req(1, -100), _req(1, 100)
     futures = [r.submit(bad), r.submit(innocent)]
     r.release()
     _check(await asyncio.wait_for(first, WAIT_S), _req(1, 0))
-    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), WAIT_S)
-    assert r.predictor.sizes == [1, 2]
-    for error in results:
-        assert isinstance(error, InferenceFailed)
-        assert "m:1" in str(error)
-        assert "negative input" in str(error)
+    error, result = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), WAIT_S)
+    # the batch of two failed, then each request ran alone
+    assert r.predictor.sizes == [1, 2, 1, 1]
+    assert isinstance(error, InferenceFailed)
+    assert "m:1" in str(error)
+    assert "negative input" in str(error)
+    _check(result, innocent)
     after = _req(2, 500)
     _check(await asyncio.wait_for(r.submit(after), WAIT_S), after)
     assert r.batcher.in_flight == 0
+
+
+async def test_a_model_answering_the_wrong_row_count_fails_the_request(rig):
+    r = rig()
+    r.predictor.drop_a_row = True
+    with pytest.raises(InferenceFailed, match="shape"):
+        await asyncio.wait_for(r.submit(_req(2, 0)), WAIT_S)
+    r.predictor.drop_a_row = False
+    ok = _req(2, 10)
+    _check(await asyncio.wait_for(r.submit(ok), WAIT_S), ok)
 
 
 async def test_close_drains_queued_requests_then_refuses_new_ones(rig):

@@ -8,9 +8,10 @@ from modelhost.serving.policy import (
     is_queue_full,
     retry_after_s,
     should_close_batch,
+    warmup_rows,
 )
 
-POLICY = BatchPolicy(max_batch_size=8, max_batch_delay_s=0.002, max_queue=4)
+POLICY = BatchPolicy(max_batch_size=8, max_batch_delay_s=0.002, max_queue=4, max_batch_elements=80)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +55,39 @@ def test_zero_delay_closes_at_once():
         (3, 100, False),
     ],
 )
-def test_fits_in_batch(items, request_items, fits):
-    assert fits_in_batch(items, request_items, POLICY) is fits
+def test_fits_in_batch_by_rows(items, request_items, fits):
+    # 1 element per row: only the row limit can refuse
+    assert fits_in_batch(items, items, request_items, request_items, POLICY) is fits
+
+
+@pytest.mark.parametrize(
+    ("elements", "request_elements", "fits"),
+    [
+        (0, 1000, True),  # a request over max_batch_elements runs, alone
+        (40, 40, True),
+        (79, 1, True),
+        (40, 41, False),
+        (80, 1, False),
+        (1, 10**12, False),
+    ],
+)
+def test_fits_in_batch_by_elements(elements, request_elements, fits):
+    items = 0 if elements == 0 else 1
+    assert fits_in_batch(items, elements, 1, request_elements, POLICY) is fits
+
+
+@pytest.mark.parametrize(
+    ("item_elements", "max_batch_size", "max_elements", "rows"),
+    [
+        (784, 32, 1024**2, (1, 32)),  # digits: the whole max batch fits
+        (784, 65536, 1024**2, (1, 1337)),  # a hostile max_batch_size is capped
+        (10**7, 64, 1024**2, (1,)),  # one item over the budget: batch 1 only
+        (1, 1, 1, (1,)),
+        (0, 8, 100, (1, 8)),  # a scalar-per-item signature
+    ],
+)
+def test_warmup_rows(item_elements, max_batch_size, max_elements, rows):
+    assert warmup_rows(item_elements, max_batch_size, max_elements) == rows
 
 
 @pytest.mark.parametrize(
