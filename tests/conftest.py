@@ -54,7 +54,7 @@ def torchscript_archive(digits_archive: Path) -> Path:
 @pytest.fixture(scope="session")
 def server(digits_archive: Path) -> Iterator[ServerProcess]:
     """One real server for the read-mostly HTTP tests, serving digits:1."""
-    with running_server(digits_archive, args=("--max-batch-delay-ms", "5")) as srv:
+    with running_server(digits_archive, args=("--max-batch-delay-ms", "5", "--trust-code")) as srv:
         yield srv
 
 

@@ -111,7 +111,7 @@ def test_serve_on_a_busy_port_and_predict_without_server_are_clear(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        served = mh("serve", str(digits_archive), "--port", str(port), cwd=tmp_path)
+        served = mh("serve", str(digits_archive), "--port", str(port), "--trust-code", cwd=tmp_path)
         assert served.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}" in served.stderr
         image = Path(__file__).parents[2] / "examples" / "digits" / "images" / "digit_1.png"

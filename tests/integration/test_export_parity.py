@@ -57,7 +57,9 @@ def test_export_refuses_when_outputs_differ_beyond_atol(
 def test_three_runtimes_served_side_by_side(
     digits_archive: Path, onnx_archive: Path, torchscript_archive: Path, example_images
 ) -> None:
-    with running_server(digits_archive, onnx_archive, torchscript_archive) as srv:
+    with running_server(
+        digits_archive, onnx_archive, torchscript_archive, args=("--trust-code",)
+    ) as srv:
         text = "".join(srv.output)
         for line in (
             "digits:1  runtime=torch",

@@ -26,7 +26,7 @@ def managed(tmp_path_factory, digits_archive, onnx_archive):
             [sys.executable, "-m", "modelhost", "push", str(archive), "--home", str(home)],
             check=True, capture_output=True,
         )  # fmt: skip
-    args = ("--home", str(home), "--management-port", "0")
+    args = ("--home", str(home), "--management-port", "0", "--trust-code")
     with running_server(Path("digits:1"), args=args) as srv:
         token = srv.token_file.read_text().strip()
         yield srv, {"Authorization": f"Bearer {token}"}, home
@@ -165,7 +165,7 @@ async def test_unregister_finishes_accepted_requests_first(tmp_path):
     from support.archives import slow_archive
 
     archive = slow_archive(tmp_path, delay_s=0.3, batching=Batching(max_batch_size=1))
-    args = ("--home", str(tmp_path / "home"), "--management-port", "0")
+    args = ("--home", str(tmp_path / "home"), "--management-port", "0", "--trust-code")
     with running_server(archive, args=args) as srv:
         auth = {"Authorization": f"Bearer {srv.token_file.read_text().strip()}"}
         async with httpx.AsyncClient(timeout=30) as client:
@@ -190,7 +190,8 @@ def test_the_inference_port_can_require_a_token(digits_archive, example_images, 
     from modelhost.errors import Unauthorized
 
     env = {"MODELHOST_INFERENCE_TOKEN": "s3cret-inference"}
-    with running_server(digits_archive, env=env, args=("--home", str(tmp_path))) as srv:
+    args = ("--home", str(tmp_path), "--trust-code")
+    with running_server(digits_archive, env=env, args=args) as srv:
         assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200  # probes stay open
         r = httpx.post(
             f"{srv.url}/v1/models/digits:predict", content=example_images["1"], headers=PNG

@@ -31,7 +31,7 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
     home = tmp_path / "home"
     push(digits_archive, home)  # registry digits:1 (torch)
     push(onnx_archive, home)  # registry digits:2 (onnx)
-    args = ("--home", str(home), "--management-port", "0")
+    args = ("--home", str(home), "--management-port", "0", "--trust-code")
     with running_server(Path("digits:1"), args=args) as srv:
         auth = {"Authorization": f"Bearer {srv.token_file.read_text().strip()}"}
         api = srv.management_url
@@ -89,7 +89,7 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
 def test_split_sends_traffic_by_weight_and_bad_updates_are_refused(
     tmp_path, digits_archive, torchscript_archive, example_images
 ):
-    args = ("--home", str(tmp_path / "home"), "--management-port", "0")
+    args = ("--home", str(tmp_path / "home"), "--management-port", "0", "--trust-code")
     with running_server(digits_archive, torchscript_archive, args=args) as srv:
         auth = {"Authorization": f"Bearer {srv.token_file.read_text().strip()}"}
         api = srv.management_url

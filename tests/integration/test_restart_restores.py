@@ -25,7 +25,7 @@ def test_kill_9_then_restart_serves_the_same(
     assert nothing.returncode == 1
     assert "nothing to serve" in nothing.stderr
 
-    args = ("--home", home, "--management-port", "0")
+    args = ("--home", home, "--management-port", "0", "--trust-code")
     with running_server(Path("digits:1"), args=args) as srv:
         auth = {"Authorization": f"Bearer {srv.token_file.read_text().strip()}"}
         api = srv.management_url

@@ -36,7 +36,7 @@ async def post(client: httpx.AsyncClient, url: str, value: float) -> httpx.Respo
 
 
 def test_slow_model_answers_correctly(tmp_path: Path) -> None:
-    with running_server(slow_archive(tmp_path, delay_s=0.05)) as srv:
+    with running_server(slow_archive(tmp_path, delay_s=0.05), args=("--trust-code",)) as srv:
         r = httpx.post(f"{srv.url}/v1/models/slow:predict", json=ROW)
         assert r.status_code == 200, r.text
         assert r.json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}
@@ -44,7 +44,7 @@ def test_slow_model_answers_correctly(tmp_path: Path) -> None:
 
 async def test_requests_of_clients_that_left_are_never_computed(tmp_path: Path) -> None:
     archive = slow_archive(tmp_path, delay_s=0.6, batching=Batching(max_batch_size=1))
-    with running_server(archive) as srv:
+    with running_server(archive, args=("--trust-code",)) as srv:
         async with httpx.AsyncClient(timeout=10) as client:
             busy = asyncio.create_task(post(client, srv.url, 1.0))
             await asyncio.sleep(0.2)  # the instance is now computing the first request
@@ -62,7 +62,9 @@ async def test_requests_of_clients_that_left_are_never_computed(tmp_path: Path) 
 
 async def test_request_past_its_deadline_gets_504(tmp_path: Path) -> None:
     archive = slow_archive(tmp_path, delay_s=0.5, batching=Batching(max_batch_size=1))
-    with running_server(archive, env={"MODELHOST_REQUEST_TIMEOUT_S": "0.3"}) as srv:
+    with running_server(
+        archive, env={"MODELHOST_REQUEST_TIMEOUT_S": "0.3"}, args=("--trust-code",)
+    ) as srv:
         async with httpx.AsyncClient(timeout=10) as client:
             first, second = await asyncio.gather(
                 post(client, srv.url, 1.0), post(client, srv.url, 2.0)
@@ -78,7 +80,7 @@ async def test_request_past_its_deadline_gets_504(tmp_path: Path) -> None:
 
 async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
     archive = slow_archive(tmp_path, delay_s=0.3, batching=Batching(max_batch_size=1, max_queue=2))
-    with running_server(archive) as srv:
+    with running_server(archive, args=("--trust-code",)) as srv:
         async with httpx.AsyncClient(timeout=30) as client:
             answers = await asyncio.gather(*(post(client, srv.url, float(i)) for i in range(8)))
         codes = [a.status_code for a in answers]
@@ -97,7 +99,7 @@ async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -> None:
     archive = slow_archive(tmp_path, delay_s=0.4, batching=Batching(max_batch_size=2))
-    with running_server(archive) as srv:
+    with running_server(archive, args=("--trust-code",)) as srv:
         async with httpx.AsyncClient(timeout=30) as client:
             pending = [asyncio.create_task(post(client, srv.url, float(i))) for i in range(6)]
             await asyncio.sleep(0.2)
@@ -117,7 +119,7 @@ async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -
 def serve_once(archive: Path) -> subprocess.CompletedProcess[str]:
     """Run ``modelhost serve`` expecting it to refuse the archive and exit."""
     return subprocess.run(
-        [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0"],
+        [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0", "--trust-code"],
         capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
     )  # fmt: skip
 

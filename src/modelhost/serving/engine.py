@@ -16,11 +16,17 @@ from pathlib import Path
 from modelhost.config import Settings
 from modelhost.errors import DeadlineExceeded
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving.manager import ArchiveSource, ModelInfo, ModelManager, VersionState
+from modelhost.serving.manager import (
+    ArchiveSource,
+    Detached,
+    ModelInfo,
+    ModelManager,
+    VersionState,
+)
 from modelhost.serving.signature import check_inputs
 from modelhost.types import InferRequest, InferResult
 
-__all__ = ["ArchiveSource", "Engine", "ModelInfo", "VersionState"]
+__all__ = ["ArchiveSource", "Detached", "Engine", "ModelInfo", "VersionState"]
 
 
 class Engine:
@@ -92,6 +98,18 @@ class Engine:
     async def unload(self, name: str, version: str) -> None:
         """Unload a version after finishing what it accepted. Raises ModelNotFound."""
         await self._manager.unload(name, version)
+
+    def detach(self, name: str, version: str) -> Detached:
+        """Stop routing to a version, reversibly (unload = detach + drain)."""
+        return self._manager.detach(name, version)
+
+    def reattach(self, detached: Detached) -> None:
+        """Route to a detached version again, as before."""
+        self._manager.reattach(detached)
+
+    async def drain(self, detached: Detached) -> None:
+        """Finish a detached version's accepted requests and stop it."""
+        await self._manager.drain(detached)
 
     def in_flight(self, name: str, version: str) -> int:
         """Requests accepted and not yet answered by that model version."""

@@ -12,22 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from modelhost.archive.manifest import Manifest, TensorSignature
-from modelhost.archive.open import ArchiveLimits, open_archive
+from modelhost.archive.manifest import Manifest
+from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive
 from modelhost.config import Settings
-from modelhost.errors import InvalidInput, ModelNotFound
+from modelhost.errors import ArchiveError, Conflict, InvalidInput, ModelNotFound, UntrustedCode
 from modelhost.monitor.metrics import Metrics
-from modelhost.runtimes.base import LoadOptions, Predictor
+from modelhost.runtimes.base import LoadOptions, Predictor, Runtime
 from modelhost.runtimes.registry import PLATFORMS, get_runtime
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
 from modelhost.serving.policy import BatchPolicy, pick_version, torch_threads
+from modelhost.serving.warmup import specs_of, warm_up
 from modelhost.types import ModelRef, TensorSpec
-
-# A dynamic non-batch dim gets this size in the warm-up batch.
-_WARMUP_DYNAMIC_DIM = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +41,7 @@ class ModelInfo:
     policy: BatchPolicy
     load_s: float
     warmup_s: float
+    sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +49,15 @@ class ArchiveSource:
     """What to load: an archive, optionally under another identity (the registry's number).
 
     ``default``: True makes it the name's default version; False only when the name has no
-    default yet (the first version loaded of a name is its default).
+    default yet (the first version loaded of a name is its default). ``sha256``: the
+    archive's digest as the registry recorded it; loading refuses any other bytes.
     """
 
     path: Path
     ref: ModelRef | None = None
     default: bool = False
     origin: str = "file"  # "file", "registry" or "upload": only registry ones are restorable
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +74,22 @@ class VersionState:
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A model version being served: its description and its batcher."""
+    """A model version being served: its description, its batcher, its extracted files."""
 
     info: ModelInfo
     batcher: Batcher
     new_instance: Callable[[], ModelInstance]
     source: ArchiveSource
+    root: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """A version taken out of routing but not yet drained: what ``reattach`` restores."""
+
+    model: LoadedModel
+    default: str | None
+    split: tuple[tuple[str, float], ...] | None
 
 
 def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
@@ -95,6 +104,7 @@ def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
         )
         / 1000.0,
         max_queue=settings.max_queue or b.max_queue,
+        max_batch_elements=settings.max_batch_elements,
     )
 
 
@@ -109,23 +119,29 @@ def load_options(settings: Settings, manifest: Manifest) -> LoadOptions:
     )
 
 
-def warmup_batch(specs: tuple[TensorSpec, ...], rows: int) -> dict[str, np.ndarray]:
-    """Zeros shaped like the signature with ``rows`` items."""
-    return {
-        s.name: np.zeros(
-            (rows, *(_WARMUP_DYNAMIC_DIM if d == -1 else d for d in s.shape[1:])), dtype=s.dtype
-        )
-        for s in specs
-    }
-
-
 def _version_order(version: str) -> tuple[int, int | str]:
     # Numeric versions sort as numbers and after non-numeric ones ("10" > "9" > "beta").
     return (1, int(version)) if version.isdigit() else (0, version)
 
 
-def _specs(signatures: tuple[TensorSignature, ...]) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(name=s.name, dtype=s.dtype, shape=tuple(s.shape)) for s in signatures)
+def runs_code(runtime: str) -> bool:  # TEMPORARY until runtimes/registry.py declares it
+    return runtime in ("torch", "torchscript")
+
+
+def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
+    """The manifest under the identity it is served as; checks the registry's digest."""
+    manifest = opened.manifest
+    if source.ref is not None:
+        manifest = manifest.model_copy(
+            update={"name": source.ref.name, "version": source.ref.version or manifest.version}
+        )
+    if source.sha256 is not None and opened.sha256 != source.sha256:
+        raise ArchiveError(
+            f"{manifest.name}:{manifest.version}: the stored archive {opened.path} has sha256 "
+            f"{opened.sha256[:12]}…, not the {source.sha256[:12]}… the registry recorded; it "
+            "was changed on disk: refusing to serve it (push the archive again)"
+        )
+    return manifest
 
 
 class ModelManager:
@@ -138,74 +154,125 @@ class ModelManager:
         self._default: dict[str, str] = {}
         self._split: dict[str, tuple[tuple[str, float], ...]] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="modelhost-"))
+        self._limits = ArchiveLimits(
+            max_member_bytes=settings.max_archive_member_bytes,
+            max_total_bytes=settings.max_archive_total_bytes,
+        )
 
     async def load(self, source: ArchiveSource) -> ModelInfo:
         """Open, verify, load ``settings.instances`` instances, warm up, start batching.
 
+        The one gate every archive passes (file, registry, upload): digests, the
+        registry's digest when it recorded one, the trust model, the signature.
+        Loading a ``name:version`` already served with the same bytes changes nothing;
+        with other bytes it is refused. On failure nothing stays behind.
+
         Raises:
-            ArchiveError: the archive is unsafe or broken. ConfigError: runtime missing.
+            ArchiveError: unsafe, broken or tampered archive, or a model that does not
+                keep its manifest's signature. UntrustedCode: the format runs code and
+                ``trust_code`` is off. Conflict: the name:version is served with other
+                bytes. ConfigError: runtime missing.
         """
-        start = time.perf_counter()
-        limits = ArchiveLimits(
-            max_member_bytes=self._settings.max_archive_member_bytes,
-            max_total_bytes=self._settings.max_archive_total_bytes,
-        )
         into = Path(tempfile.mkdtemp(dir=self._workdir))
-        opened = await asyncio.to_thread(open_archive, source.path, into, limits)
-        manifest = opened.manifest
-        if source.ref is not None:
-            manifest = manifest.model_copy(
-                update={"name": source.ref.name, "version": source.ref.version or manifest.version}
+        try:
+            loaded = await self._load(source, into)
+        except BaseException:
+            shutil.rmtree(into, ignore_errors=True)
+            raise
+        if loaded.root != into:  # the same bytes were served already
+            shutil.rmtree(into, ignore_errors=True)
+        return loaded.info
+
+    async def _load(self, source: ArchiveSource, into: Path) -> LoadedModel:
+        start = time.perf_counter()
+        opened = await asyncio.to_thread(open_archive, source.path, into, self._limits)
+        manifest = _identity(opened, source)
+        same = self._check_identity(manifest, opened.sha256)
+        if same is not None:
+            return same
+        if runs_code(manifest.runtime) and not self._settings.trust_code:
+            raise UntrustedCode(
+                f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive, which "
+                "runs code of its author when loaded; serve it with --trust-code "
+                "(MODELHOST_TRUST_CODE=1) if you trust its author, or export it to ONNX"
             )
         runtime = get_runtime(manifest.runtime)
         options = load_options(self._settings, manifest)
-        predictors: list[Predictor] = [
-            await asyncio.to_thread(runtime.load, opened.root, manifest, options)
-            for _ in range(self._settings.instances)
-        ]
-        load_s = time.perf_counter() - start
         policy = batch_policy(manifest, self._settings)
-        inputs = _specs(manifest.inputs)
-        warm_start = time.perf_counter()
-        for predictor in predictors:
-            for rows in sorted({1, policy.max_batch_size}):
-                await asyncio.to_thread(predictor.predict, warmup_batch(inputs, rows))
-        warmup_s = time.perf_counter() - warm_start
+        predictors: list[Predictor] = []
+        warmup_s = 0.0
+        for _ in range(self._settings.instances):
+            predictor = await asyncio.to_thread(runtime.load, opened.root, manifest, options)
+            predictors.append(predictor)
+            warm_start = time.perf_counter()
+            await asyncio.to_thread(self._warm_up, predictor, manifest, policy)
+            warmup_s += time.perf_counter() - warm_start
         info = ModelInfo(
             name=manifest.name,
             version=manifest.version,
             manifest=manifest,
-            inputs=inputs,
-            outputs=_specs(manifest.outputs),
+            inputs=specs_of(manifest.inputs),
+            outputs=specs_of(manifest.outputs),
             platform=PLATFORMS.get(manifest.runtime, manifest.runtime),
             device=predictors[0].device,
             instances=len(predictors),
             policy=policy,
-            load_s=load_s,
+            load_s=time.perf_counter() - start - warmup_s,
             warmup_s=warmup_s,
+            sha256=opened.sha256,
         )
-        label = f"{manifest.name}-{manifest.version}"
-        instances = [ModelInstance(p, label) for p in predictors]
+        same = self._check_identity(manifest, opened.sha256)  # another load may have won
+        if same is not None:
+            return same
+        return self._install(info, predictors, runtime, options, source, opened.root)
+
+    def _warm_up(self, predictor: Predictor, manifest: Manifest, policy: BatchPolicy) -> None:
+        warm_up(predictor, manifest, policy, self._settings.warmup_max_elements)
+
+    def _check_identity(self, manifest: Manifest, sha256: str) -> LoadedModel | None:
+        """The loaded model when ``name:version`` is served with these bytes already.
+
+        Raises:
+            Conflict: it is served with other bytes (one name:version, one content).
+        """
+        current = self._models.get(manifest.name, {}).get(manifest.version)
+        if current is None:
+            return None
+        if current.info.sha256 != sha256:
+            raise Conflict(
+                f"{manifest.name}:{manifest.version} is already served from other bytes "
+                f"(sha256 {current.info.sha256[:12]}…, this archive {sha256[:12]}…); unload "
+                "it first, or give the archive another version"
+            )
+        return current
+
+    def _install(
+        self,
+        info: ModelInfo,
+        predictors: list[Predictor],
+        runtime: Runtime,
+        options: LoadOptions,
+        source: ArchiveSource,
+        root: Path,
+    ) -> LoadedModel:
+        label = f"{info.name}-{info.version}"
+        manifest, policy = info.manifest, info.policy
 
         def new_instance() -> ModelInstance:  # blocking: load + warm up, for scaling out
-            predictor = runtime.load(opened.root, manifest, options)
-            for rows in sorted({1, policy.max_batch_size}):
-                predictor.predict(warmup_batch(inputs, rows))
+            predictor = runtime.load(root, manifest, options)
+            self._warm_up(predictor, manifest, policy)
             return ModelInstance(predictor, label)
 
-        model_metrics = self._metrics.for_model(manifest.name, manifest.version)
-        batcher = Batcher(manifest.name, manifest.version, instances, policy, model_metrics)
-        previous = self._models.get(manifest.name, {}).get(manifest.version)
+        model_metrics = self._metrics.for_model(info.name, info.version)
+        instances = [ModelInstance(p, label) for p in predictors]
+        batcher = Batcher(info.name, info.version, instances, policy, model_metrics)
         batcher.start()
-        self._models.setdefault(manifest.name, {})[manifest.version] = LoadedModel(
-            info, batcher, new_instance, source
-        )
-        if source.default or manifest.name not in self._default:
-            self._default[manifest.name] = manifest.version
+        loaded = LoadedModel(info, batcher, new_instance, source, root)
+        self._models.setdefault(info.name, {})[info.version] = loaded
+        if source.default or info.name not in self._default:
+            self._default[info.name] = info.version
         model_metrics.ready.set(1)
-        if previous is not None:
-            await previous.batcher.close(self._settings.drain_timeout_s)
-        return info
+        return loaded
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         """The loaded model ``name`` at ``version`` (default version when ``None``).
@@ -303,7 +370,16 @@ class ModelManager:
         Raises:
             ModelNotFound: not loaded.
         """
+        await self.drain(self.detach(name, version))
+
+    def detach(self, name: str, version: str) -> Detached:
+        """Take ``name:version`` out of routing (reversible with :meth:`reattach`).
+
+        Raises:
+            ModelNotFound: not loaded.
+        """
         model = self.get(name, version)
+        detached = Detached(model, self._default.get(name), self._split.get(name))
         versions = self._models[name]
         del versions[version]
         if name in self._split:
@@ -317,7 +393,22 @@ class ModelManager:
         elif self._default[name] == version:
             self._default[name] = max(versions, key=_version_order)
         self._metrics.for_model(name, version).ready.set(0)
-        await model.batcher.close(self._settings.drain_timeout_s)
+        return detached
+
+    def reattach(self, detached: Detached) -> None:
+        """Undo :meth:`detach`: route to the version again as before."""
+        info = detached.model.info
+        self._models.setdefault(info.name, {})[info.version] = detached.model
+        if detached.default is not None:
+            self._default[info.name] = detached.default
+        if detached.split is not None:
+            self._split[info.name] = detached.split
+        self._metrics.for_model(info.name, info.version).ready.set(1)
+
+    async def drain(self, detached: Detached) -> None:
+        """Finish what a detached version accepted, stop its workers, remove its files."""
+        await detached.model.batcher.close(self._settings.drain_timeout_s)
+        shutil.rmtree(detached.model.root, ignore_errors=True)
 
     def all(self) -> list[LoadedModel]:
         """Every loaded model version, sorted by name then version."""

@@ -20,7 +20,9 @@ def test_serve_production_and_pinned_versions(
     for _ in range(2):
         assert mh("push", str(digits_archive), "--home", home).returncode == 0
     assert mh("promote", "digits:2", "production", "--home", home).returncode == 0
-    with running_server(Path("digits"), Path("digits:1"), args=("--home", home)) as srv:
+    with running_server(
+        Path("digits"), Path("digits:1"), args=("--home", home, "--trust-code")
+    ) as srv:
         text = "".join(srv.output)
         assert "loaded digits:2" in text
         assert "loaded digits:1" in text
