@@ -29,7 +29,8 @@ demo: $(DEMO)/digits.mh
 	@echo "In another shell, ask the server what digit this is (a 7):"
 	@echo "  curl -s -H 'Content-Type: image/png' --data-binary @examples/digits/images/digit_7.png http://127.0.0.1:$(PORT)/v1/models/digits:predict"
 	@echo
-	$(MH) serve $(DEMO)/digits.mh --port $(PORT)
+	@# --trust-code: the archive's model.py is the code `make demo` itself just trained with.
+	$(MH) serve $(DEMO)/digits.mh --port $(PORT) --trust-code
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -602,8 +602,10 @@ def bench_runtime(
     figures = measure_in_process(
         archive, png_file.read_bytes(), args.inproc_s, args.latency_s, _instances(args.server_args)
     )
+    # The torch archive is the one this script trained: its model.py is our own code.
+    trust = ["--trust-code"] if runtime == "torch" else []
     cmd = [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0",
-           *shlex.split(args.server_args)]  # fmt: skip
+           "--management-port", "-1", *trust, *shlex.split(args.server_args)]  # fmt: skip
     report = RuntimeReport(runtime, str(archive), cmd, figures)
     server = ServerProcess(cmd)
     try:
