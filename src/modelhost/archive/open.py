@@ -1,27 +1,55 @@
 """Open an archive: refuse unsafe members, extract, verify every digest.
 
-archive.mh ──► member checks ──► manifest.json ──► extract + sha256 ──► OpenedArchive
-              (names, links,     (pydantic;         (streamed; size and
-               sizes, count)      every file         digest must match
-                                  listed)            the manifest)
+archive.mh ─► sha256 ─► member checks ─► manifest.json ─► extract + sha256 ─► OpenedArchive
+   (one handle: the     (names, links,    (pydantic; every   (streamed; size and digest
+    bytes hashed are     sizes, count)     file listed)       must match the manifest)
+    the bytes read)
+
+Whatever goes wrong, the caller gets an ``ArchiveError`` naming the archive or the member
+(``InsufficientStorage`` when the extracted files cannot be written), and ``into`` is left
+as it was given: absent, or empty.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import lzma
+import os
+import shutil
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pydantic import ValidationError
 
 from modelhost.archive.manifest import MANIFEST_NAME, Manifest
 from modelhost.archive.paths import check_member_name
-from modelhost.errors import ArchiveError
+from modelhost.errors import ArchiveError, InsufficientStorage
 
 _CHUNK_BYTES = 1024 * 1024
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+# What zipfile and its decompressors raise on malformed input: bad CRC or headers
+# (BadZipFile), broken deflate/lzma/bzip2 streams (zlib.error, LZMAError, OSError, EOFError),
+# unsupported compression methods (NotImplementedError), truncated or lying headers
+# (struct.error, ValueError, EOFError, OverflowError), undecodable names (UnicodeDecodeError).
+_ZIP_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    struct.error,
+    ValueError,
+    OverflowError,
+    OSError,
+    RuntimeError,
+)
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,31 +71,104 @@ class OpenedArchive:
     path: Path
 
 
+class _WriteFailed(Exception):
+    """An extracted file could not be written (disk full, permissions): not the archive's fault."""
+
+    def __init__(self, dest: Path, exc: OSError) -> None:
+        super().__init__(f"{dest}: {exc.strerror or exc}")
+        self.dest = dest
+        self.exc = exc
+
+
 def open_archive(path: Path, into: Path, limits: ArchiveLimits | None = None) -> OpenedArchive:
     """Verify ``path`` and extract its files into the empty or new directory ``into``.
 
+    The archive is hashed and read through one open file handle, so ``sha256`` is the digest
+    of the bytes that were extracted; an archive rewritten while it is opened is refused.
     Nothing in the archive is executed or unpickled here.
 
+    Args:
+        path: the ``.mh`` file.
+        into: where the files go; created if absent, must be empty if present. On any
+            failure every file and directory this call made is removed again.
+        limits: member count and size limits (bytes); defaults to :class:`ArchiveLimits`.
+
+    Returns:
+        The verified manifest, ``into``, the archive's sha256 and ``path``.
+
     Raises:
-        ArchiveError: not a zip; a member with an unsafe name, a link, too large or not
-            listed in the manifest; a missing, malformed or mismatching manifest; a file
-            whose size or sha256 differs from the manifest (tampered).
+        ArchiveError: not a regular file or not a zip; a corrupt member (bad CRC, broken
+            compressed stream, unknown compression method, truncated); a member with an
+            unsafe name, a link, too large or not listed in the manifest; a missing,
+            malformed or mismatching manifest; a file whose size or sha256 differs from the
+            manifest (tampered); ``into`` not empty; the archive changed while being read.
+        InsufficientStorage: the extracted files could not be written under ``into``.
+
+    Example:
+        >>> opened = open_archive(Path("digits.mh"), Path("/tmp/digits"))  # doctest: +SKIP
+        >>> opened.manifest.runtime  # doctest: +SKIP
+        'torch'
     """
     limits = limits or ArchiveLimits()
-    if not path.is_file():
-        raise ArchiveError(f"{path}: no such archive file")
-    archive_sha = _file_sha256(path)
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise ArchiveError(f"{into} is not an empty directory; extract into a new one")
+    created = _created_root(into)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(f"{path}: not a modelhost archive (not a zip file): {exc}") from exc
-    with zf:
-        infos = _checked_members(zf, limits)
-        manifest = _read_manifest(zf, infos, path)
-        into.mkdir(parents=True, exist_ok=True)
-        for name, entry in manifest.files.items():
-            _extract_verified(zf, infos[name], into / name, entry.sha256, entry.size)
+        with _open_regular(path) as fh:
+            before = os.fstat(fh.fileno())
+            archive_sha = _stream_sha256(fh, path)
+            fh.seek(0)
+            try:
+                zf = zipfile.ZipFile(fh)
+            except _ZIP_ERRORS as exc:
+                raise ArchiveError(
+                    f"{path}: not a modelhost archive (not a zip file): {exc}"
+                ) from exc
+            with zf:
+                infos = _checked_members(zf, limits)
+                manifest = _read_manifest(zf, infos, path)
+                _make_dir(into)
+                for name, entry in manifest.files.items():
+                    _extract_verified(zf, infos[name], into / name, entry.sha256, entry.size)
+            after = os.fstat(fh.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise ArchiveError(f"{path} changed while it was being opened; open it again")
+    except _WriteFailed as exc:
+        _remove_created(into, created)
+        reason = "no space left" if exc.exc.errno in _DISK_FULL else "cannot write"
+        raise InsufficientStorage(
+            f"{reason} to extract the archive: {exc}; free disk space or choose another "
+            "directory, then retry"
+        ) from exc.exc
+    except BaseException:
+        _remove_created(into, created)
+        raise
     return OpenedArchive(manifest=manifest, root=into, sha256=archive_sha, path=path)
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    # O_NONBLOCK: opening a FIFO planted under the archive's name must not hang the caller.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ArchiveError(f"{path}: no such archive file") from exc
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot open the archive: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArchiveError(f"{path}: not a regular file; an archive is a .mh file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _stream_sha256(fh: IO[bytes], path: Path) -> str:
+    sha = hashlib.sha256()
+    try:
+        while chunk := fh.read(_CHUNK_BYTES):
+            sha.update(chunk)
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot read the archive: {exc.strerror or exc}") from exc
+    return sha.hexdigest()
 
 
 def _checked_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
@@ -110,8 +211,11 @@ def _read_manifest(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], path:
         raise ArchiveError(f"{path}: no {MANIFEST_NAME} inside; not a modelhost archive")
     if info.file_size > _MAX_MANIFEST_BYTES:
         raise ArchiveError(f"{MANIFEST_NAME} is {info.file_size} bytes; the limit is 4 MiB")
-    with zf.open(info) as fh:
-        raw = fh.read(_MAX_MANIFEST_BYTES + 1)
+    try:
+        with zf.open(info) as fh:
+            raw = fh.read(_MAX_MANIFEST_BYTES + 1)
+    except _ZIP_ERRORS as exc:
+        raise ArchiveError(f"{MANIFEST_NAME} is corrupt in {path}: {exc}") from exc
     try:
         manifest = Manifest.model_validate_json(raw)
     except ValidationError as exc:
@@ -127,7 +231,46 @@ def _read_manifest(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], path:
     for name in infos:
         if name != MANIFEST_NAME and name not in manifest.files:
             raise ArchiveError(f"archive member {name!r} is not listed in {MANIFEST_NAME}")
+    for name in manifest.files:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in manifest.files:
+                raise ArchiveError(
+                    f"{parent!r} is both a file and the directory of {name!r} in "
+                    f"{MANIFEST_NAME}; rename one of them"
+                )
     return manifest
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _WriteFailed(path, exc) from exc
+
+
+def _created_root(into: Path) -> Path | None:
+    """The outermost directory opening will create for ``into``; None if ``into`` exists."""
+    if into.exists():
+        return None
+    top = into
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_created(into: Path, created: Path | None) -> None:
+    """Undo what opening wrote: remove what it created, or empty ``into`` if it existed."""
+    if created is not None:
+        if created.is_dir():
+            shutil.rmtree(created)
+        return
+    for child in into.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _extract_verified(
@@ -138,30 +281,52 @@ def _extract_verified(
             f"{info.filename!r} is {info.file_size} bytes but {MANIFEST_NAME} says {size}; "
             "the archive was modified"
         )
-    sha = hashlib.sha256()
-    written = 0
+    _make_dir(dest.parent)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, dest.open("wb") as out:
-            while chunk := src.read(_CHUNK_BYTES):
-                written += len(chunk)
-                if written > size:
-                    raise ArchiveError(f"{info.filename!r} inflates past its declared size")
-                sha.update(chunk)
-                out.write(chunk)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(f"{info.filename!r} is corrupt: {exc}") from exc
-    if sha.hexdigest() != sha256:
-        dest.unlink(missing_ok=True)
+        # Unbuffered, so that a failing write surfaces here and not again at close();
+        # "x" never follows or overwrites what is already there.
+        out = dest.open("xb", buffering=0)
+    except OSError as exc:
+        raise _WriteFailed(dest, exc) from exc
+    with out:
+        digest, written = _copy_member(zf, info, out, dest, size)
+    if written != size:
+        raise ArchiveError(
+            f"{info.filename!r} holds {written} bytes but {MANIFEST_NAME} says {size}; "
+            "the archive is truncated or was modified"
+        )
+    if digest != sha256:
         raise ArchiveError(
             f"sha256 of {info.filename!r} does not match {MANIFEST_NAME}; "
             "the archive was modified or corrupted"
         )
 
 
-def _file_sha256(path: Path) -> str:
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: IO[bytes], dest: Path, size: int
+) -> tuple[str, int]:
+    """Inflate ``info`` into ``out``, at most ``size`` bytes; return its sha256 and length."""
     sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK_BYTES):
+    written = 0
+    try:
+        src = zf.open(info)
+    except _ZIP_ERRORS as exc:
+        raise ArchiveError(f"archive member {info.filename!r} is corrupt: {exc}") from exc
+    with src:
+        while True:
+            try:
+                chunk = src.read(_CHUNK_BYTES)
+            except _ZIP_ERRORS as exc:
+                raise ArchiveError(f"archive member {info.filename!r} is corrupt: {exc}") from exc
+            if not chunk:
+                return sha.hexdigest(), written
+            written += len(chunk)
+            if written > size:
+                raise ArchiveError(f"{info.filename!r} inflates past its declared size")
             sha.update(chunk)
-    return sha.hexdigest()
+            view = memoryview(chunk)
+            try:
+                while view:
+                    view = view[out.write(view) or 0 :]
+            except OSError as exc:
+                raise _WriteFailed(dest, exc) from exc

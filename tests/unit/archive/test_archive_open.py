@@ -206,6 +206,10 @@ def test_unsafe_name_listed_in_the_manifest_is_refused(tmp_path, name):
         ("a//b", "empty"),
         (".", "'.'"),
         ("a/./b", "'.'"),
+        ("a\x7fb", "control characters"),
+        ("w\udc80.bin", "lone surrogates"),
+        ("é" * 128, "over 255 UTF-8 bytes"),
+        ("dir/" + "日" * 86, "over 255 UTF-8 bytes"),
     ],
 )
 def test_check_member_name_refuses(name, problem):
@@ -215,7 +219,8 @@ def test_check_member_name_refuses(name, problem):
 
 
 @pytest.mark.parametrize(
-    "name", ["a", "model.onnx", "dir/sub/w.bin", "a..b", ".hidden", "x" * 255, "ünïcode.txt"]
+    "name",
+    ["a", "model.onnx", "dir/sub/w.bin", "a..b", ".hidden", "x" * 255, "ünïcode.txt", "é" * 127],
 )
 def test_check_member_name_accepts(name):
     assert check_member_name(name) == name
