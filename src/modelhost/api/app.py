@@ -17,6 +17,8 @@ from modelhost.api.middleware import BodyLimit
 from modelhost.api.native import NativeAPI
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.state import ServerState
+from modelhost.codecs.limits import DecodeLimits
+from modelhost.config import Settings
 from modelhost.errors import ModelhostError
 
 
@@ -37,15 +39,26 @@ def _middleware(state: ServerState) -> list[Middleware]:
     return [Middleware(BearerAuth, token=token, open_paths=HEALTH_PATHS), limit]
 
 
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """What one inference request may make the server decode (checked by the codecs)."""
+    return DecodeLimits(
+        max_items=settings.max_request_items,
+        max_elements=settings.max_request_elements,
+        max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+    )
+
+
 def build_app(state: ServerState) -> Starlette:
     """Build the inference app over ``state`` (whose engine the caller opens and closes).
 
     Until ``state.engine_`` is set, inference answers 503 and readiness is false.
     """
+    limits = decode_limits(state.settings)
     routes = [
         *HealthAPI(state).routes(),
-        *KServeV2API(state, __version__).routes(),
-        *NativeAPI(state).routes(),
+        *KServeV2API(state, __version__, limits).routes(),
+        *NativeAPI(state, limits).routes(),
         *MetricsAPI(state.metrics).routes(),
     ]
     return Starlette(

@@ -12,6 +12,7 @@ from modelhost.api.inference import infer, observed
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
 from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, decode_request, encode_response
+from modelhost.codecs.limits import DecodeLimits
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
 from modelhost.types import ModelRef, TensorSpec
@@ -20,6 +21,7 @@ PROTOCOL = "kserve_v2"
 SERVER_NAME = "modelhost"
 EXTENSIONS = ["binary_tensor_data"]
 _HEADER_LENGTH = "inference-header-content-length"
+_MAX_HEADER_DIGITS = 19  # any larger count is past every body limit
 _JSON_TYPES = frozenset({"", "application/json"})
 _BINARY_TYPES = frozenset({"application/octet-stream", "application/json", ""})
 
@@ -34,9 +36,10 @@ def tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
 class KServeV2API:
     """Routes of the v2 protocol over one server state."""
 
-    def __init__(self, state: ServerState, version: str) -> None:
+    def __init__(self, state: ServerState, version: str, limits: DecodeLimits) -> None:
         self._state = state
         self._version = version
+        self._limits = limits
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{name}"
@@ -85,7 +88,7 @@ class KServeV2API:
         with observed(self._state, PROTOCOL) as obs:
             info = self._model(request)
             obs.model, obs.version = info.name, info.version
-            header = request.headers.get(_HEADER_LENGTH)
+            header = _one_header(request, _HEADER_LENGTH)
             kind = media_type(request)
             if kind not in (_BINARY_TYPES if header is not None else _JSON_TYPES):
                 raise UnsupportedMediaType(
@@ -94,7 +97,7 @@ class KServeV2API:
                 )
             header_length = _parse_header_length(header)
             body = await request.body()
-            decoded = decode_request(body, header_length, info.inputs, info.outputs)
+            decoded = decode_request(body, header_length, info.inputs, info.outputs, self._limits)
             ref = ModelRef(info.name, info.version)
             result = await infer(self._state, request, ref, decoded.inputs, decoded.id)
             payload, json_length = encode_response(
@@ -114,9 +117,24 @@ class KServeV2API:
             )
 
 
+def _one_header(request: Request, name: str) -> str | None:
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise InvalidInput(f"{name} appears {len(values)} times; send it once")
+    return values[0] if values else None
+
+
 def _parse_header_length(value: str | None) -> int | None:
+    """The byte count of ``Inference-Header-Content-Length``: 1 to 19 ASCII digits.
+
+    ``str.isdigit`` is not enough: it accepts '²' and '٣', which ``int`` refuses or reads.
+    """
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a byte count")
-    return int(value)
+    digits = value.strip(" \t")
+    if not (0 < len(digits) <= _MAX_HEADER_DIGITS and digits.isascii() and digits.isdigit()):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {value[:40]!r} is not a byte count "
+            f"(1 to {_MAX_HEADER_DIGITS} digits 0-9)"
+        )
+    return int(digits)

@@ -18,6 +18,7 @@ from modelhost.api.state import ServerState
 from modelhost.codecs.classification import classify
 from modelhost.codecs.images import IMAGE_CONTENT_TYPES, decode_image
 from modelhost.codecs.instances import decode_instances
+from modelhost.codecs.limits import DecodeLimits
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
 from modelhost.types import InferResult, ModelRef
@@ -40,8 +41,9 @@ def predictions(info: ModelInfo, result: InferResult) -> list[Any]:
 class NativeAPI:
     """Routes of the native protocol over one server state."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, limits: DecodeLimits) -> None:
         self._state = state
+        self._limits = limits
 
     def routes(self) -> list[Route]:
         return [
@@ -78,9 +80,12 @@ class NativeAPI:
                 prep = info.manifest.preprocessing
                 if prep is None:
                     raise InvalidInput(f"model {info.name} takes no images; send JSON instances")
-                inputs = {info.inputs[0].name: decode_image(body, prep)[None]}
+                image = decode_image(body, prep, "body", self._limits.pixel_budget())
+                inputs = {info.inputs[0].name: image[None]}
             elif kind == "application/json":
-                inputs = decode_instances(body, info.inputs, info.manifest.preprocessing)
+                inputs = decode_instances(
+                    body, info.inputs, info.manifest.preprocessing, self._limits
+                )
             else:
                 raise UnsupportedMediaType(
                     f"Content-Type {kind or '(none)'!r} is not accepted; send application/json "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 import numpy as np
@@ -16,20 +17,32 @@ import orjson
 
 from modelhost.archive.manifest import ImagePreprocessing
 from modelhost.codecs.images import decode_image
+from modelhost.codecs.limits import DecodeLimits
 from modelhost.codecs.tensors import json_to_array
 from modelhost.errors import InvalidInput
 from modelhost.types import TensorSpec
 
+_DEFAULT_LIMITS = DecodeLimits()
+
 
 def decode_instances(
-    body: bytes, inputs: tuple[TensorSpec, ...], prep: ImagePreprocessing | None
+    body: bytes,
+    inputs: tuple[TensorSpec, ...],
+    prep: ImagePreprocessing | None,
+    limits: DecodeLimits = _DEFAULT_LIMITS,
 ) -> dict[str, np.ndarray]:
     """Decode a native predict body into arrays with a leading batch axis.
+
+    Every limit is checked before the work it bounds: JSON containers before parsing,
+    the number of instances and the elements they declare before converting any, each
+    image's size from its header before decoding it.
 
     Raises:
         InvalidInput: malformed JSON, no or empty ``instances``, items of the wrong shape
             or type, undecodable base64 images; the message names the field.
+        PayloadTooLarge: over one of ``limits``; the message names the setting.
     """
+    limits.check_json_containers(body)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -39,12 +52,24 @@ def decode_instances(
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("instances must be a non-empty list")
+    limits.check_items(len(instances), "instances")
     if len(inputs) > 1:
-        return _decode_named(instances, inputs)
+        return _decode_named(instances, inputs, limits)
     spec = inputs[0]
     if isinstance(instances[0], dict) and "b64" in instances[0]:
-        return {spec.name: _decode_images(instances, spec, prep)}
-    return {spec.name: _decode_items(instances, spec, "instances")}
+        return {spec.name: _decode_images(instances, spec, prep, limits)}
+    _check_declared_elements(len(instances), (spec,), limits)
+    arr = _decode_items(instances, spec, "instances")
+    limits.check_elements(arr.size, "instances")
+    return {spec.name: arr}
+
+
+def _check_declared_elements(
+    rows: int, specs: tuple[TensorSpec, ...], limits: DecodeLimits
+) -> None:
+    """The fewest elements ``rows`` instances can hold (fixed dims only), before converting."""
+    least = sum(rows * math.prod(d for d in s.shape[1:] if d > 0) for s in specs)
+    limits.check_elements(least, "instances")
 
 
 def _decode_items(items: list[Any], spec: TensorSpec, field: str) -> np.ndarray:
@@ -62,7 +87,7 @@ def _decode_items(items: list[Any], spec: TensorSpec, field: str) -> np.ndarray:
 
 
 def _decode_images(
-    instances: list[Any], spec: TensorSpec, prep: ImagePreprocessing | None
+    instances: list[Any], spec: TensorSpec, prep: ImagePreprocessing | None, limits: DecodeLimits
 ) -> np.ndarray:
     if prep is None:
         raise InvalidInput("instances[0] is a b64 image but this model takes no images")
@@ -71,6 +96,9 @@ def _decode_images(
             raise InvalidInput(
                 f'instances[{i}] must be {{"b64": "<base64 PNG or JPEG>"}} like instances[0]'
             )
+    channels = 1 if prep.grayscale else 3
+    limits.check_elements(len(instances) * channels * prep.width * prep.height, "instances")
+    budget = limits.pixel_budget()
     images = []
     for i, item in enumerate(instances):
         field = f"instances[{i}]"
@@ -78,11 +106,13 @@ def _decode_images(
             raw = base64.b64decode(item["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"{field}.b64 is not valid base64") from exc
-        images.append(decode_image(raw, prep, f"{field}.b64"))
+        images.append(decode_image(raw, prep, f"{field}.b64", budget))
     return np.stack(images).astype(spec.dtype, copy=False)
 
 
-def _decode_named(instances: list[Any], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+def _decode_named(
+    instances: list[Any], inputs: tuple[TensorSpec, ...], limits: DecodeLimits
+) -> dict[str, np.ndarray]:
     names = [s.name for s in inputs]
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for i, item in enumerate(instances):
@@ -90,4 +120,7 @@ def _decode_named(instances: list[Any], inputs: tuple[TensorSpec, ...]) -> dict[
             raise InvalidInput(f"instances[{i}] must be an object with exactly the keys {names}")
         for name in names:
             columns[name].append(item[name])
-    return {s.name: _decode_items(columns[s.name], s, f"instances[*].{s.name}") for s in inputs}
+    _check_declared_elements(len(instances), inputs, limits)
+    arrays = {s.name: _decode_items(columns[s.name], s, f"instances[*].{s.name}") for s in inputs}
+    limits.check_elements(sum(a.size for a in arrays.values()), "instances")
+    return arrays

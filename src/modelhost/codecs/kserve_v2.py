@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from modelhost.codecs.limits import DecodeLimits
 from modelhost.codecs.tensors import check_element_count, json_to_array
 from modelhost.errors import InvalidInput
 from modelhost.types import TensorSpec
@@ -33,7 +34,11 @@ V2_TO_NUMPY: dict[str, str] = {
     "FP64": "float64",
 }
 NUMPY_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_NUMPY.items()}
-_MAX_DIMS = 32
+# A dimension past 2**31 - 1 cannot fit a request under any element limit (and overflows
+# int32 sizes in some runtimes): refuse it as malformed before any arithmetic.
+_MAX_DIM = 2**31 - 1
+MAX_ID_CHARS = 1024
+_DEFAULT_LIMITS = DecodeLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +56,23 @@ def decode_request(
     header_length: int | None,
     inputs: tuple[TensorSpec, ...],
     outputs: tuple[TensorSpec, ...],
+    limits: DecodeLimits = _DEFAULT_LIMITS,
 ) -> V2Request:
     """Decode an inference request body against the model's signature.
+
+    Each input's shape is checked against its signature and ``limits`` (batch rows,
+    elements of all inputs together) before its data is converted or its bytes are viewed.
 
     Args:
         body: the whole HTTP body.
         header_length: the ``Inference-Header-Content-Length`` value, or None (JSON only).
+        limits: per-request decode limits.
 
     Raises:
         InvalidInput: malformed JSON, missing or mistyped fields, unknown input or output
-            names, datatype or element-count mismatches, bad binary sizes.
+            names, shapes that do not fit the signature, datatype or element-count
+            mismatches, bad binary sizes.
+        PayloadTooLarge: over one of ``limits``; the message names the setting.
     """
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -68,26 +80,43 @@ def decode_request(
                 f"Inference-Header-Content-Length {header_length} is outside the body "
                 f"of {len(body)} bytes"
             )
-        doc, tail = _parse_json(body[:header_length]), memoryview(body)[header_length:]
+        head, tail = body[:header_length], memoryview(body)[header_length:]
     else:
-        doc, tail = _parse_json(body), memoryview(b"")
+        head, tail = body, memoryview(b"")
+    limits.check_json_containers(head)
+    doc = _parse_json(head)
     if not isinstance(doc, dict):
         raise InvalidInput("body must be a JSON object with an 'inputs' list")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("id must be a string")
+    if request_id is not None and len(request_id) > MAX_ID_CHARS:
+        raise InvalidInput(f"id is {len(request_id)} characters long; at most {MAX_ID_CHARS}")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")
+    if len(raw_inputs) > len(inputs):
+        raise InvalidInput(
+            f"inputs has {len(raw_inputs)} tensors; the model takes {len(inputs)}: "
+            f"{[s.name for s in inputs]}"
+        )
     specs = {s.name: s for s in inputs}
+    headers = [_decode_header(i, raw, specs) for i, raw in enumerate(raw_inputs)]
+    names = [h.name for h in headers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise InvalidInput(f"inputs[{i}].name {name!r} appears twice")
+    for h in headers:
+        limits.check_items(h.shape[0] if h.shape else 1, f"{h.field}.shape")
+    limits.check_elements(sum(h.elements for h in headers), "inputs[*].shape")
     decoded: dict[str, np.ndarray] = {}
     offset = 0
-    for i, raw in enumerate(raw_inputs):
-        name, arr, used = _decode_input(i, raw, specs, tail[offset:])
-        if name in decoded:
-            raise InvalidInput(f"inputs[{i}].name {name!r} appears twice")
-        decoded[name] = arr
-        offset += used
+    for h in headers:
+        if h.binary_size is None:
+            decoded[h.name] = _decode_json_data(h)
+        else:
+            decoded[h.name] = _decode_binary(h, tail[offset:])
+            offset += h.binary_size
     if offset != len(tail):
         raise InvalidInput(
             f"{len(tail) - offset} bytes of binary data after the JSON are not claimed by "
@@ -97,16 +126,27 @@ def decode_request(
     return V2Request(request_id, decoded, wanted, binary)
 
 
-def _parse_json(raw: bytes | memoryview) -> Any:
+def _parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
 
 
-def _decode_input(
-    i: int, raw: Any, specs: dict[str, TensorSpec], tail: memoryview
-) -> tuple[str, np.ndarray, int]:
+@dataclass(frozen=True, slots=True)
+class _TensorHeader:
+    """One input's checked header: its shape fits the signature; data not yet converted."""
+
+    field: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    elements: int
+    binary_size: int | None
+    data: Any
+
+
+def _decode_header(i: int, raw: Any, specs: dict[str, TensorSpec]) -> _TensorHeader:
     field = f"inputs[{i}]"
     if not isinstance(raw, dict):
         raise InvalidInput(f"{field} must be an object with name, shape, datatype and data")
@@ -116,56 +156,80 @@ def _decode_input(
     spec = specs.get(name)
     if spec is None:
         raise InvalidInput(
-            f"{field}.name {name!r} is not an input of the model; it takes {sorted(specs)}"
+            f"{field}.name {_shown(name)} is not an input of the model; it takes {sorted(specs)}"
         )
-    shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise InvalidInput(f"{field}.shape must be a list of non-negative integers")
+    shape = _check_shape(field, raw.get("shape"), spec)
     datatype = raw.get("datatype")
     np_name = V2_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if np_name is None:
         raise InvalidInput(
-            f"{field}.datatype {datatype!r} is not supported; use one of {sorted(V2_TO_NUMPY)}"
+            f"{field}.datatype {_shown(datatype)} is not supported; use one of "
+            f"{sorted(V2_TO_NUMPY)}"
         )
     if np_name != spec.dtype:
         raise InvalidInput(
             f"{field}.datatype {datatype} does not match the model's {NUMPY_TO_V2[spec.dtype]} "
             f"for input {name!r}"
         )
-    dtype = np.dtype(np_name)
-    params = raw.get("parameters") or {}
+    params = raw.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise InvalidInput(f"{field}.parameters must be an object")
     size = params.get("binary_data_size")
-    if size is not None:
-        return name, _decode_binary(field, size, dtype, shape, tail), int(size)
-    if "data" not in raw:
-        raise InvalidInput(f"{field}.data is missing (or send it as binary_data_size)")
-    arr = json_to_array(raw["data"], dtype, f"{field}.data")
-    return name, check_element_count(arr, shape, f"{field}.data"), 0
-
-
-def _decode_binary(
-    field: str, size: Any, dtype: np.dtype[Any], shape: list[int], tail: memoryview
-) -> np.ndarray:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise InvalidInput(f"{field}.parameters.binary_data_size must be a non-negative integer")
+    if size is None and "data" not in raw:
+        raise InvalidInput(f"{field}.data is missing (or send it as binary_data_size)")
+    if size is not None and "data" in raw:
+        raise InvalidInput(f"{field} has both data and parameters.binary_data_size; send one")
+    dtype = np.dtype(np_name)
+    return _TensorHeader(field, name, shape, dtype, math.prod(shape), size, raw.get("data"))
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a client's value for an error message."""
+    if isinstance(value, str | int | float | None):
+        return repr(value)[:100]
+    return f"(a JSON {'array' if isinstance(value, list) else 'object'})"
+
+
+def _check_shape(field: str, shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+    """The declared shape, if it is a list of sizes that fits the signature."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_DIM for d in shape
+    ):
+        raise InvalidInput(f"{field}.shape must be a list of integers from 0 to {_MAX_DIM}")
+    if len(shape) != len(spec.shape) or any(
+        d not in (-1, s) for s, d in zip(shape, spec.shape, strict=True)
+    ):
+        shown = shape if len(shape) <= len(spec.shape) + 4 else [*shape[:8], "..."]
+        raise InvalidInput(
+            f"{field}.shape {shown} does not match the signature {list(spec.shape)} of "
+            f"input {spec.name!r} (-1 = any size)"
+        )
+    return tuple(shape)
+
+
+def _decode_json_data(h: _TensorHeader) -> np.ndarray:
+    arr = json_to_array(h.data, h.dtype, f"{h.field}.data")
+    return check_element_count(arr, list(h.shape), f"{h.field}.data")
+
+
+def _decode_binary(h: _TensorHeader, tail: memoryview) -> np.ndarray:
+    size = h.binary_size
+    assert size is not None  # only called for binary inputs
     if size > len(tail):
         raise InvalidInput(
-            f"{field}.parameters.binary_data_size {size} is more than the {len(tail)} bytes left"
+            f"{h.field}.parameters.binary_data_size {size} is more than the {len(tail)} bytes left"
         )
-    expected = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around
+    expected = h.elements * h.dtype.itemsize
     if size != expected:
         raise InvalidInput(
-            f"{field}: binary_data_size {size} does not match shape {shape} of {dtype} "
-            f"({expected} bytes)"
+            f"{h.field}: binary_data_size {size} does not match shape {list(h.shape)} of "
+            f"{h.dtype} ({expected} bytes)"
         )
-    arr = np.frombuffer(tail[:size], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    return arr.reshape(shape)
+    arr = np.frombuffer(tail[:size], dtype=h.dtype.newbyteorder("<")).astype(h.dtype, copy=False)
+    return arr.reshape(h.shape)
 
 
 def _decode_outputs(

@@ -29,7 +29,9 @@ def json_to_array(data: Any, dtype: np.dtype[Any], field: str) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except ValueError as exc:
-        raise InvalidInput(f"{field}: lists are ragged (rows of different lengths)") from exc
+        raise InvalidInput(
+            f"{field}: lists are ragged (rows of different lengths) or nested too deeply"
+        ) from exc
     if arr.size == 0:
         return np.empty(arr.shape, dtype=dtype)
     if arr.dtype.kind == "f" and dtype.kind in "iu" and _integral_beyond_float(data, arr):
@@ -41,8 +43,10 @@ def json_to_array(data: Any, dtype: np.dtype[Any], field: str) -> np.ndarray:
     if arr.dtype.kind not in _ACCEPTS[dtype.kind]:
         what = "strings or nulls" if arr.dtype.kind in "OUS" else f"{arr.dtype} values"
         raise InvalidInput(f"{field}: holds {what}; expected {_KIND_WORDS[dtype.kind]}")
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
+    if dtype.kind in "iuf":
+        # Checked here, not left to astype: a cast out of range wraps (ints) or gives inf
+        # with a RuntimeWarning (floats).
+        info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise InvalidInput(f"{field}: values out of range for {dtype}")
     return arr.astype(dtype, copy=False)

@@ -10,7 +10,8 @@ from PIL import Image
 
 from modelhost.archive.manifest import ImagePreprocessing
 from modelhost.codecs.instances import decode_instances
-from modelhost.errors import InvalidInput
+from modelhost.codecs.limits import DecodeLimits
+from modelhost.errors import InvalidInput, PayloadTooLarge
 from modelhost.types import TensorSpec
 
 X = TensorSpec("x", "float32", (-1, 2))
@@ -145,3 +146,30 @@ def test_decode_instances_refuses(body, inputs, prep, message):
     with pytest.raises(InvalidInput) as info:
         decode_instances(body, inputs, prep)
     assert message in str(info.value)
+
+
+# -- limits: checked before the work they bound ---------------------------------------
+
+LIMITS = DecodeLimits(max_items=3, max_elements=6, max_image_pixels=64, max_request_pixels=128)
+
+
+@pytest.mark.parametrize(
+    ("instances", "inputs", "setting"),
+    [
+        ([[1, 2]] * 4, (X,), "max_request_items"),
+        ([{"b64": _b64_png(0)}] * 4, (IMAGE,), "max_request_items"),
+        ([[1, 2, 3, 4, 5, 6, 7]], (TensorSpec("v", "float32", (-1, -1)),), "max_request_elements"),
+        ([{"x": [1, 2], "ids": 1}] * 3, (X, IDS), "max_request_elements"),
+        ([{"b64": _b64_png(0, (9, 8))}], (IMAGE,), "max_image_pixels"),
+        ([{"b64": _b64_png(0)}] * 3, (IMAGE,), "max_request_pixels"),
+    ],
+)
+def test_limits_are_refused_with_the_setting_named(instances, inputs, setting):
+    limits = LIMITS if "pixels" not in setting else DecodeLimits(64, 4096, 64, 191)
+    with pytest.raises(PayloadTooLarge, match=rf"\({setting}\)"):
+        decode_instances(_body(instances), inputs, PREP, limits)
+
+
+def test_containers_are_counted_before_parsing():
+    with pytest.raises(PayloadTooLarge, match="JSON arrays and objects"):
+        decode_instances(b'{"instances": [' + b"[" * 7, (X,), None, LIMITS)

@@ -5,7 +5,8 @@ import orjson
 import pytest
 
 from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, V2_TO_NUMPY, decode_request, encode_response
-from modelhost.errors import InvalidInput
+from modelhost.codecs.limits import DecodeLimits
+from modelhost.errors import InvalidInput, PayloadTooLarge
 from modelhost.types import TensorSpec
 
 INPUTS = (TensorSpec("x", "float32", (-1, 2)), TensorSpec("ids", "int64", (-1,)))
@@ -167,7 +168,7 @@ BIN_X = {**_no_data(X), "parameters": {"binary_data_size": 16}}
         ({"inputs": [{**X, "shape": [2.0, 2]}]}, None, b"", "inputs[0].shape"),
         ({"inputs": [{**X, "shape": [True, 4]}]}, None, b"", "inputs[0].shape"),
         ({"inputs": [{**X, "shape": [1] * 33}]}, None, b"", "inputs[0].shape"),
-        ({"inputs": [_no_data(X) | {"data": [1]}, {}]}, None, b"", "inputs[0].data"),
+        ({"inputs": [_no_data(X) | {"data": [1]}, IDS]}, None, b"", "inputs[0].data"),
         ({"inputs": [{**X, "datatype": "FP8"}]}, None, b"", "inputs[0].datatype 'FP8'"),
         ({"inputs": [{**X, "datatype": None}]}, None, b"", "inputs[0].datatype None"),
         ({"inputs": [{**X, "datatype": "fp32"}]}, None, b"", "inputs[0].datatype 'fp32'"),
@@ -333,3 +334,60 @@ def test_every_datatype_round_trips_through_json_response_and_request(v2_name):
     req = decode_request(orjson.dumps({"inputs": [tensor]}), None, spec, spec)
     assert req.inputs["t"].dtype == dtype
     np.testing.assert_array_equal(req.inputs["t"], arr)
+
+
+# -- decode_request: shapes are checked against the signature and the limits first ----
+
+LIMITS = DecodeLimits(max_items=3, max_elements=8)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({**X, "shape": [0, 2**62], "data": []}, "inputs[0].shape must be a list of integers"),
+        ({**X, "shape": [2**62, 0], "data": []}, "inputs[0].shape must be a list of integers"),
+        ({**X, "shape": [2**31, 2], "data": []}, "from 0 to 2147483647"),
+        ({**X, "shape": [0, 2**64 - 1], "data": []}, "inputs[0].shape must be"),
+        ({**X, "shape": [2, 2, 1]}, "inputs[0].shape [2, 2, 1] does not match the signature"),
+        ({**X, "shape": [4]}, "inputs[0].shape [4] does not match the signature [-1, 2]"),
+        ({**X, "shape": [1, 4]}, "inputs[0].shape [1, 4] does not match"),
+        ({**X, "shape": []}, "inputs[0].shape [] does not match"),
+        ({**X, "shape": [1] * 40}, "inputs[0].shape [1, 1, 1, 1, 1, 1, 1, 1, '...'] does not"),
+        ({**BIN_X, "data": [1, 2, 3, 4]}, "inputs[0] has both data and"),
+    ],
+)
+def test_shapes_that_cannot_fit_the_signature_are_refused_before_any_data(tensor, message):
+    with pytest.raises(InvalidInput) as info:
+        _decode({"inputs": [tensor]}, "json" if "parameters" in tensor else None)
+    assert message in str(info.value)
+
+
+def test_more_tensors_than_inputs_are_refused():
+    with pytest.raises(InvalidInput, match="inputs has 3 tensors; the model takes 2"):
+        _decode({"inputs": [X, IDS, X]})
+
+
+def test_a_long_id_is_refused():
+    with pytest.raises(InvalidInput, match="id is 1025 characters long; at most 1024"):
+        _decode({"id": "x" * 1025, "inputs": [X]})
+
+
+@pytest.mark.parametrize(
+    ("inputs", "tail", "setting"),
+    [
+        ([{**X, "shape": [4, 2], "data": [0] * 8}], b"", "max_request_items"),
+        ([{**IDS, "shape": [4], "data": [0] * 4}], b"", "max_request_items"),
+        ([{**X, "shape": [3, 2], "data": [0] * 6}, {**IDS, "shape": [3], "data": [0] * 3}], b"",
+         "max_request_elements"),
+        ([{**_no_data(X), "shape": [3, 2], "parameters": {"binary_data_size": 24}},
+          {**_no_data(IDS), "shape": [3], "parameters": {"binary_data_size": 24}}],
+         bytes(48), "max_request_elements"),
+        ([{**_no_data(X), "shape": [3, 2], "parameters": {"binary_data_size": 0}},
+          {**_no_data(IDS), "shape": [3], "parameters": {"binary_data_size": 0}}],
+         b"", "max_request_elements"),
+    ],
+)  # fmt: skip
+def test_items_and_elements_are_limited_from_the_declared_shapes(inputs, tail, setting):
+    body, length = _binary({"inputs": inputs}, tail)
+    with pytest.raises(PayloadTooLarge, match=rf"\({setting}\)"):
+        decode_request(body, length, INPUTS, OUTPUTS, LIMITS)
