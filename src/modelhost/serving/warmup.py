@@ -48,12 +48,14 @@ def warm_up(
     item_elements = sum(math.prod(_item_shape(s)) for s in inputs)
     where = f"{manifest.name}:{manifest.version}"
     for rows in warmup_rows(item_elements, policy.max_batch_size, max_elements):
+        batch = warmup_batch(inputs, rows)
         try:
-            answer = predictor.predict(warmup_batch(inputs, rows))
+            answer = predictor.predict(batch)
         except Exception as exc:  # the archive's model: whatever it raises becomes one error
+            shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in batch.items())
             raise ArchiveError(
                 f"{where}: the model fails on a batch of {rows} shaped like the manifest's "
-                f"inputs ({exc!r}); does the signature match the model?"
+                f"inputs ({shapes}): {exc!r}; does the signature match the model?"
             ) from exc
         _check_outputs(answer, outputs, rows, where)
 
