@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from modelhost.archive import Manifest, ModelSpec, write_archive
+from modelhost.archive import Manifest, ModelSpec, OpenedArchive, open_archive, write_archive
 from modelhost.archive.manifest import FileEntry, TensorSignature
 
 SPEC = ModelSpec(
@@ -98,6 +99,12 @@ def valid_archive(
     return out
 
 
+def opened_archive(tmp: Path, spec: ModelSpec, files: dict[str, bytes]) -> OpenedArchive:
+    """Write ``files`` into a real archive with ``write_archive`` and open it (verified)."""
+    out = valid_archive(tmp, files, spec, name=f"{uuid.uuid4().hex[:8]}.mh")
+    return open_archive(out, tmp / f"{out.name}.opened")
+
+
 def member_data_span(path: Path, member: str) -> tuple[int, int]:
     """Byte offsets [start, end) of ``member``'s compressed data inside the zip at ``path``."""
     raw = path.read_bytes()
@@ -169,7 +176,7 @@ def safetensors_bytes(
     return struct.pack("<Q", len(raw) if length is None else length) + raw + data
 
 
-def _tensor(dtype: str, shape: list[int], start: int, end: int) -> dict[str, object]:
+def _tensor(dtype: object, shape: list[int], start: int, end: int) -> dict[str, object]:
     return {"dtype": dtype, "shape": shape, "data_offsets": [start, end]}
 
 
@@ -191,9 +198,17 @@ LYING_SAFETENSORS: dict[str, bytes] = {
         {"scale": _tensor("F32", [4], 0, 4)}, bytes(4)
     ),
     "unknown dtype": safetensors_bytes({"scale": _tensor("F33", [], 0, 4)}, bytes(4)),
-    "dtype not a string": safetensors_bytes({"scale": _tensor(7, [], 0, 4)}, bytes(4)),  # type: ignore[arg-type]
+    "dtype not a string": safetensors_bytes({"scale": _tensor(7, [], 0, 4)}, bytes(4)),
     "negative shape": safetensors_bytes({"scale": _tensor("F32", [-1], 0, 4)}, bytes(4)),
     "huge shape": safetensors_bytes({"scale": _tensor("F32", [2**62, 2**62], 0, 4)}, bytes(4)),
+    "lowercase dtype": safetensors_bytes({"scale": _tensor("f32", [], 0, 4)}, bytes(4)),
+    "dtype an object": safetensors_bytes({"scale": _tensor({"F32": 1}, [], 0, 4)}, bytes(4)),
+    "metadata not strings": safetensors_bytes(
+        {"__metadata__": {"a": 1}, "scale": _tensor("F32", [], 0, 4)}, bytes(4)
+    ),
+    "offsets not integers": safetensors_bytes(
+        {"scale": {"dtype": "F32", "shape": [], "data_offsets": ["0", "4"]}}, bytes(4)
+    ),
     "header not json": safetensors_bytes(b"{not json", bytes(4)),
     "header not utf-8": safetensors_bytes(b'{"\xff": 1}', bytes(4)),
     "header a list": safetensors_bytes(b"[]", bytes(4)),
@@ -251,7 +266,7 @@ def onnx_external_data_model(where: str, location: str, *, length: int = 16) -> 
             initializer = [external("w", length)]
         elif where == "constant":
             nodes = [
-                helper.make_node("Constant", [], ["w"], value=external("c", length)),
+                helper.make_node("Constant", [], ["w"], value=external("w", length)),
                 helper.make_node("Add", ["x", "w"], ["y"]),
             ]
         elif where == "subgraph":

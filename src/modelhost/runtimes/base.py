@@ -46,15 +46,33 @@ class Runtime(Protocol):
 def outputs_by_name(manifest: Manifest, values: object) -> dict[str, object]:
     """Pair a model's raw return value (one value, a sequence or a mapping) with output names.
 
+    A mapping is looked up by the manifest's output names (extra keys are ignored); a tuple
+    or list is taken in the manifest's order; anything else is the one output.
+
     Raises:
-        ValueError: the number of values differs from the manifest's outputs.
+        ValueError: the number of values differs from the manifest's outputs, or a mapping
+            lacks one of them. The message names the manifest's outputs; at warm-up the
+            engine reports it as the archive's error (model and manifest disagree).
     """
     names = [spec.name for spec in manifest.outputs]
+    listed = ", ".join(repr(name) for name in names)
     if isinstance(values, Mapping):
+        missing = [name for name in names if name not in values]
+        if missing:
+            got = ", ".join(repr(key) for key in list(values)[:16])
+            raise ValueError(
+                f"model returned outputs named [{got}] but the manifest's outputs are "
+                f"[{listed}]; {', '.join(map(repr, missing))} missing: make the model "
+                "return them or fix outputs in the model spec"
+            )
         return {name: values[name] for name in names}
     seq = list(values) if isinstance(values, list | tuple) else [values]
     if len(seq) != len(names):
-        raise ValueError(f"model returned {len(seq)} outputs; the manifest lists {len(names)}")
+        raise ValueError(
+            f"model returned {len(seq)} output{'s' if len(seq) != 1 else ''} but the manifest "
+            f"lists {len(names)}: [{listed}]; make the model return one value per manifest "
+            "output, in that order, or fix outputs in the model spec"
+        )
     return dict(zip(names, seq, strict=True))
 
 

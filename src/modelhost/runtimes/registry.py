@@ -1,48 +1,103 @@
-"""Runtimes by name. A new runtime is one module here and one line in ``_MODULES``."""
+"""Runtimes by name, declared once. A new runtime is one module and one ``RuntimeEntry``.
+
+Each entry says where the runtime lives, which pip extra installs its framework, its KServe
+v2 ``platform`` string, and whether loading an archive for it runs code the archive carries
+(the server's ``--trust-code`` gate). Nothing here imports a framework: the modules are
+imported lazily, so serving an ONNX model needs no torch, and the other way round.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from modelhost.errors import ConfigError
 from modelhost.runtimes.base import Runtime
 
-# Imported lazily so that serving an ONNX model needs no torch, and the other way round.
-_MODULES: dict[str, str] = {
-    "torch": "modelhost.runtimes.torch",
-    "torchscript": "modelhost.runtimes.torchscript",
-    "onnx": "modelhost.runtimes.onnx",
-}
 
-# KServe v2 metadata `platform` strings (informational).
-PLATFORMS: dict[str, str] = {
-    "torch": "pytorch_eager",
-    "torchscript": "pytorch_torchscript",
-    "onnx": "onnx_onnxv1",
-}
+@dataclass(frozen=True, slots=True)
+class RuntimeEntry:
+    """One runtime: ``module`` (defines ``RUNTIME``), pip ``extra``, KServe ``platform``.
+
+    ``runs_code`` is True when loading executes what the archive's author wrote: the eager
+    runtime imports the archive's ``model.py``; a TorchScript file is a program (its
+    ``forward`` and ``__setstate__`` may call ``torch.from_file`` and read any file). ONNX
+    is data: onnxruntime 1.32 refuses external data outside the model's directory, loads no
+    custom-op library unless the server registers one, and ``runtimes/onnx.py`` refuses any
+    tensor whose bytes are not a file of the archive.
+    """
+
+    name: str
+    module: str
+    extra: str
+    platform: str
+    runs_code: bool
+
+
+_ENTRIES = (
+    RuntimeEntry("torch", "modelhost.runtimes.torch", "torch", "pytorch_eager", runs_code=True),
+    RuntimeEntry(
+        "torchscript",
+        "modelhost.runtimes.torchscript",
+        "torch",
+        "pytorch_torchscript",
+        runs_code=True,
+    ),
+    RuntimeEntry("onnx", "modelhost.runtimes.onnx", "onnx", "onnx_onnxv1", runs_code=False),
+)
+RUNTIMES: Mapping[str, RuntimeEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
+
+# KServe v2 metadata `platform` strings (informational), by runtime name.
+PLATFORMS: Mapping[str, str] = MappingProxyType({e.name: e.platform for e in _ENTRIES})
 
 
 def runtime_names() -> list[str]:
     """Names of every runtime modelhost knows."""
-    return sorted(_MODULES)
+    return sorted(RUNTIMES)
+
+
+def runtime_entry(name: str) -> RuntimeEntry:
+    """The declaration of runtime ``name``; imports no framework.
+
+    Raises:
+        ConfigError: unknown runtime (names the known ones).
+    """
+    entry = RUNTIMES.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(runtime_names())}")
+    return entry
+
+
+def runs_code(runtime_name: str) -> bool:
+    """Whether loading an archive of ``runtime_name`` runs code from the archive.
+
+    Imports no framework, so the trust check happens before anything is loaded.
+
+    Raises:
+        ConfigError: unknown runtime.
+
+    Example:
+        >>> runs_code("torchscript"), runs_code("onnx")
+        (True, False)
+    """
+    return runtime_entry(runtime_name).runs_code
 
 
 def get_runtime(name: str) -> Runtime:
-    """Return the runtime called ``name``.
+    """Return the runtime called ``name``, importing its framework.
 
     Raises:
         ConfigError: unknown runtime, or its framework is not installed (names the extra).
     """
-    module_name = _MODULES.get(name)
-    if module_name is None:
-        raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(runtime_names())}")
+    entry = runtime_entry(name)
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
     except ImportError as exc:
-        extra = "onnx" if name == "onnx" else "torch"
         raise ConfigError(
             f"runtime {name!r} needs {exc.name or 'its framework'}: "
-            f"pip install 'modelhost[{extra}]'"
+            f"pip install 'modelhost[{entry.extra}]'"
         ) from exc
     runtime: Runtime = module.RUNTIME
     return runtime

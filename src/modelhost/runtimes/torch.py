@@ -9,14 +9,17 @@ Weights are safetensors; no pickle is loaded.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from modelhost.archive.manifest import Manifest
@@ -64,11 +67,15 @@ class TorchPredictor:
         with torch.inference_mode():
             args = [_tensor(batch[name]).to(self._device) for name in self._input_names]
             raw = self._module(*args)
-        return {
-            name: value.detach().cpu().numpy()
-            for name, value in outputs_by_name(self._manifest, raw).items()
-            if isinstance(value, torch.Tensor)
-        }
+        outputs = {}
+        for name, value in outputs_by_name(self._manifest, raw).items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"model output {name!r} is a {type(value).__name__}, not a tensor; "
+                    "forward() must return tensors for every manifest output"
+                )
+            outputs[name] = value.detach().cpu().numpy()
+        return outputs
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -79,8 +86,14 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
 def load_module(model_dir: Path, manifest: Manifest) -> torch.nn.Module:
     """Import the archive's model class, build it and load its safetensors weights (CPU).
 
+    A failed load leaves ``sys.modules`` as it was: the archive's module is removed again
+    (or the one it replaced restored).
+
     Raises:
-        ArchiveError: the file, class or weights are missing or do not fit together.
+        ArchiveError: the file, class or weights are missing; the module fails to import;
+            ``init_kwargs`` do not fit the class or its constructor raises; the weights file
+            is not valid safetensors (lying header, offsets, dtypes, truncated); the weights
+            do not fit the class (missing, unexpected or mis-shaped tensors).
     """
     cfg: TorchConfig = parse_config(manifest, TorchConfig)
     source = model_dir / cfg.module_file
@@ -92,27 +105,74 @@ def load_module(model_dir: Path, manifest: Manifest) -> torch.nn.Module:
         )
     module_name = f"modelhost_archive_{manifest.name}_{manifest.version}".replace("-", "_")
     module_name = module_name.replace(".", "_")
+    previous = sys.modules.get(module_name)
+    try:
+        code = _import_file(module_name, source, cfg.module_file)
+        module = _construct(code, cfg)
+        _load_weights(module, model_dir / cfg.weights_file, cfg)
+    except BaseException:
+        if previous is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = previous
+        raise
+    return module.eval()
+
+
+def _import_file(module_name: str, source: Path, module_file: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, source)
     if spec is None or spec.loader is None:
-        raise ArchiveError(f"cannot import {cfg.module_file!r}")
+        raise ArchiveError(f"cannot import {module_file!r}")
     code = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = code
     try:
         spec.loader.exec_module(code)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ArchiveError(f"{cfg.module_file!r} failed to import: {exc!r}") from exc
+    except Exception as exc:  # the archive's code may raise anything while importing
+        raise ArchiveError(f"{module_file!r} failed to import: {exc!r}") from exc
+    return code
+
+
+def _construct(code: ModuleType, cfg: TorchConfig) -> torch.nn.Module:
     cls = getattr(code, cfg.class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ArchiveError(f"{cfg.module_file!r} defines no nn.Module named {cfg.class_name!r}")
-    module = cls(**cfg.init_kwargs)
     try:
-        module.load_state_dict(load_file(str(model_dir / cfg.weights_file)), strict=True)
-    except (RuntimeError, OSError) as exc:
+        signature: inspect.Signature | None = inspect.signature(cls)
+    except (TypeError, ValueError):  # not introspectable: let the call itself decide
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**cfg.init_kwargs)
+        except TypeError as exc:
+            raise ArchiveError(
+                f"runtime_config.init_kwargs {sorted(cfg.init_kwargs)} do not fit "
+                f"{cfg.class_name}{signature} in {cfg.module_file!r}: {exc}; "
+                "fix init_kwargs in the model spec"
+            ) from exc
+    try:
+        module = cls(**cfg.init_kwargs)
+    except Exception as exc:  # the archive's constructor may raise anything
+        raise ArchiveError(
+            f"{cfg.class_name}(**runtime_config.init_kwargs) in {cfg.module_file!r} raised {exc!r}"
+        ) from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ArchiveError(f"{cfg.class_name}() in {cfg.module_file!r} returned no nn.Module")
+    return module
+
+
+def _load_weights(module: torch.nn.Module, path: Path, cfg: TorchConfig) -> None:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, OverflowError, RuntimeError) as exc:
+        raise ArchiveError(
+            f"weights {cfg.weights_file!r} are not a valid safetensors file: {exc}"
+        ) from exc
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ArchiveError(
             f"weights {cfg.weights_file!r} do not fit {cfg.class_name}: {exc}"
         ) from exc
-    return module.eval()
 
 
 class TorchRuntime:

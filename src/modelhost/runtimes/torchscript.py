@@ -1,4 +1,9 @@
-"""TorchScript runtime: one ``torch.jit`` file, no Python code from the archive."""
+"""TorchScript runtime: one ``torch.jit`` file, no Python file from the archive.
+
+A TorchScript file is still a program: its methods (``forward``, ``__setstate__``, run at
+load) may call ``torch.from_file`` or ``torch.load`` and read any file the server can. The
+registry marks this runtime ``runs_code``, so it is served only with ``--trust-code``.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ class TorchScriptRuntime:
         device = resolve_torch_device(options.device)
         try:
             module = torch.jit.load(str(model_dir / cfg.file), map_location=device)  # type: ignore[no-untyped-call]
-        except RuntimeError as exc:
-            raise ArchiveError(f"{cfg.file!r} is not a TorchScript file: {exc}") from exc
+        except Exception as exc:  # torch.jit.load raises RuntimeError, ValueError, ...
+            raise ArchiveError(f"{cfg.file!r} is not a loadable TorchScript file: {exc}") from exc
         return TorchPredictor(module.eval(), manifest, device)
 
 

@@ -1,0 +1,72 @@
+"""runtimes/registry.py: every runtime declared once, the trust table, lazy imports."""
+
+import subprocess
+import sys
+import typing
+
+import pytest
+
+from modelhost.archive.manifest import Runtime as ManifestRuntime
+from modelhost.errors import ConfigError
+from modelhost.runtimes import get_runtime, runs_code, runtime_names
+from modelhost.runtimes.registry import PLATFORMS, RUNTIMES, runtime_entry
+
+# Which formats are code (they can execute or read files) and which are data.
+TRUST = [("torch", True), ("torchscript", True), ("onnx", False)]
+
+
+@pytest.mark.parametrize(("name", "code"), TRUST)
+def test_runs_code_says_which_formats_execute_the_archive(name, code):
+    assert runs_code(name) is code
+
+
+def test_every_runtime_a_manifest_may_name_is_declared_once_with_all_its_facts():
+    assert sorted(typing.get_args(ManifestRuntime)) == runtime_names() == sorted(RUNTIMES)
+    for name, entry in RUNTIMES.items():
+        assert entry.name == name
+        assert entry.module == f"modelhost.runtimes.{name}"
+        assert entry.extra in ("torch", "onnx")
+        assert PLATFORMS[name] == entry.platform
+    assert dict(TRUST) == {name: entry.runs_code for name, entry in RUNTIMES.items()}
+
+
+def test_platforms_are_the_kserve_strings():
+    assert dict(PLATFORMS) == {
+        "torch": "pytorch_eager",
+        "torchscript": "pytorch_torchscript",
+        "onnx": "onnx_onnxv1",
+    }
+
+
+def test_the_registry_cannot_be_changed_at_run_time():
+    with pytest.raises(TypeError):
+        PLATFORMS["torch"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        RUNTIMES["evil"] = RUNTIMES["onnx"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "", "TORCH", "torch ", "python"])
+def test_unknown_runtimes_are_a_config_error_naming_the_known_ones(name):
+    for call in (runs_code, runtime_entry, get_runtime):
+        with pytest.raises(ConfigError, match="unknown runtime") as info:
+            call(name)
+        assert repr(name) in str(info.value)
+        assert "onnx, torch, torchscript" in str(info.value)
+
+
+def test_runs_code_imports_no_framework():
+    script = (
+        "import sys\n"
+        "from modelhost.runtimes.registry import runs_code, PLATFORMS\n"
+        "assert [runs_code(n) for n in ('torch', 'torchscript', 'onnx')] == [True, True, False]\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["torch", "torchscript", "onnx"])
+def test_get_runtime_returns_the_runtime_of_that_name(name):
+    assert get_runtime(name).name == name
