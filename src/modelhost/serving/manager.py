@@ -18,7 +18,7 @@ from modelhost.config import Settings
 from modelhost.errors import ArchiveError, Conflict, InvalidInput, ModelNotFound, UntrustedCode
 from modelhost.monitor.metrics import Metrics
 from modelhost.runtimes.base import LoadOptions, Predictor, Runtime
-from modelhost.runtimes.registry import PLATFORMS, get_runtime
+from modelhost.runtimes.registry import PLATFORMS, get_runtime, runs_code
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
 from modelhost.serving.policy import BatchPolicy, pick_version, torch_threads
@@ -122,10 +122,6 @@ def load_options(settings: Settings, manifest: Manifest) -> LoadOptions:
 def _version_order(version: str) -> tuple[int, int | str]:
     # Numeric versions sort as numbers and after non-numeric ones ("10" > "9" > "beta").
     return (1, int(version)) if version.isdigit() else (0, version)
-
-
-def runs_code(runtime: str) -> bool:  # TEMPORARY until runtimes/registry.py declares it
-    return runtime in ("torch", "torchscript")
 
 
 def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
