@@ -42,7 +42,7 @@ def decode_instances(
             or type, undecodable base64 images; the message names the field.
         PayloadTooLarge: over one of ``limits``; the message names the setting.
     """
-    limits.check_json_containers(body)
+    limits.check_json_containers(body, inputs)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -83,7 +83,7 @@ def decode_request(
         head, tail = body[:header_length], memoryview(body)[header_length:]
     else:
         head, tail = body, memoryview(b"")
-    limits.check_json_containers(head)
+    limits.check_json_containers(head, inputs)
     doc = _parse_json(head)
     if not isinstance(doc, dict):
         raise InvalidInput("body must be a JSON object with an 'inputs' list")

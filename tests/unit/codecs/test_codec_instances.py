@@ -172,4 +172,4 @@ def test_limits_are_refused_with_the_setting_named(instances, inputs, setting):
 
 def test_containers_are_counted_before_parsing():
     with pytest.raises(PayloadTooLarge, match="JSON arrays and objects"):
-        decode_instances(b'{"instances": [' + b"[" * 7, (X,), None, LIMITS)
+        decode_instances(b'{"instances": [' + b"[0]," * 3000, (X,), None, LIMITS)
