@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import math
 import signal
 import socket
@@ -26,13 +27,16 @@ from modelhost import __version__
 from modelhost.api.app import build_app
 from modelhost.api.auth import TOKEN_FILE, load_or_create_token
 from modelhost.api.management import Auditor, Persister, Resolver, build_management_app
+from modelhost.api.protocol import EdgeLimits, limited_protocol
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
+from modelhost.home import prepare_home
 from modelhost.monitor.metrics import Metrics
 from modelhost.serving import ArchiveSource, Engine, ModelInfo
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+log = logging.getLogger("modelhost.api")
 
 
 class _Server(uvicorn.Server):
@@ -105,17 +109,32 @@ async def serve_async(
     audit: Auditor | None = None,
     persist: Persister | None = None,
     after_load: Callable[[Engine], Awaitable[None]] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> None:
     """Load ``archives``, serve until a signal, then drain. Load errors raise before any
     request is served. The management API (token required) listens on its own port
     unless ``management_port`` is -1; a non-loopback address needs ``public_management``.
+
+    The home is checked (and created) first; what was repaired in it is reported through
+    ``on_warning`` (default: logged).
+
+    Raises:
+        ConfigError: an unsafe home or token file, an address in use, a public management
+            address without ``public_management``.
     """
+    for warning in prepare_home(settings.home):
+        if on_warning is not None:
+            on_warning(warning)
+        else:
+            log.warning("%s", warning)
     manage = settings.management_port >= 0
     if manage and not _is_loopback(settings.management_host) and not settings.public_management:
         raise ConfigError(
             f"refusing to expose the management API on {settings.management_host}: it can load "
             "code; pass --public-management if you really mean it"
         )
+    # Before any model loads: an unsafe token file fails the start at once.
+    token = load_or_create_token(settings.home) if manage else None
     sock = bind(settings.host, settings.port)
     msock = bind(settings.management_host, settings.management_port) if manage else None
     state = ServerState(settings=settings, metrics=Metrics(__version__))
@@ -136,8 +155,7 @@ async def serve_async(
         gc.freeze()
         server = _Server(_config(build_app(state), settings), state)
         servers = [server.serve(sockets=[sock])]
-        if msock is not None:
-            token = load_or_create_token(settings.home)
+        if msock is not None and token is not None:
             mgmt = _FollowerServer(
                 _config(build_management_app(state, token, resolve, audit, persist), settings)
             )
@@ -156,7 +174,10 @@ async def serve_async(
 def _config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http="httptools",
+        # httptools, with limits on header size and count and on slow heads and bodies.
+        http=limited_protocol(EdgeLimits.from_settings(settings)),
+        ws="none",
+        limit_concurrency=settings.max_connections,
         lifespan="off",
         log_level=settings.log_level,
         access_log=False,
