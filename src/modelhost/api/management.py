@@ -3,23 +3,28 @@
 GET    /models?limit=&offset=                 list, paginated
 GET    /models/{name}                         versions, default, instances, queue, status
 POST   /models                                {"ref": "NAME[:VERSION]"} from the registry,
-                                              or an archive body (application/octet-stream)
+                                              or an archive body (application/octet-stream),
+                                              registered as the next version of its name
 PUT    /models/{name}/default                 {"version": "2"}
 PUT    /models/{name}/split                   {"weights": {"1": 90, "2": 10}} ({} = off)
 PUT    /models/{name}/versions/{v}/instances  {"instances": 2}
 DELETE /models/{name}/versions/{version}      unload after finishing accepted requests
 
-Every change is reported to ``audit(actor, action, target, outcome, detail)`` (the
-registry's audit log when the server has one), the actor being the token's id.
+All or nothing: a change is applied, then persisted with its audit entry in one registry
+transaction; when that fails, the change is undone and the answer (503, 507) says it was
+not applied. A refused change is audited as failed (when the registry can be written).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -34,34 +39,54 @@ from modelhost.api.middleware import BodyLimit
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
-from modelhost.errors import InvalidInput, ModelhostError, UnsupportedMediaType
+from modelhost.errors import (
+    InsufficientStorage,
+    InvalidInput,
+    ModelhostError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from modelhost.serving import ArchiveSource, VersionState
 
-# Resolves "NAME[:VERSION]" in the registry to an archive source (None: no registry).
-Resolver = Callable[[str], ArchiveSource]
-Auditor = Callable[[str, str, str, str, str], None]
-# Called with the engine's snapshot after every change (the registry persists it).
-Persister = Callable[[list[VersionState]], None]
 _MAX_PAGE = 1000
 T = TypeVar("T")
+log = logging.getLogger("modelhost.management")
+
+
+class RegistryPort(Protocol):
+    """What the management API needs of a registry (blocking calls, run in threads).
+
+    ``resolve``: ``NAME[:VERSION]`` -> the stored archive with its recorded digest.
+    ``register``: push an uploaded archive as the next version of its name; ``forget``
+    removes it again when it cannot be served (a refused upload stays in no registry).
+    ``commit``: persist the served state and the audit entry of a change, together.
+    ``record``: an audit entry alone (a refused change).
+    ``started``: record what a starting server serves.
+    """
+
+    def resolve(self, ref: str) -> ArchiveSource: ...
+
+    def register(self, archive: Path, actor: str) -> ArchiveSource: ...
+
+    def forget(self, source: ArchiveSource, actor: str) -> None: ...
+
+    def commit(self, served: list[VersionState], actor: str, action: str, target: str) -> None: ...
+
+    def record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None: ...
+
+    def started(self, served: list[VersionState]) -> None: ...
 
 
 class ManagementAPI:
-    """Routes over the running engine; ``resolve`` looks registry refs up."""
+    """Routes over the running engine; ``registry`` (None: none) resolves, persists, audits."""
 
     def __init__(
-        self,
-        state: ServerState,
-        resolve: Resolver | None,
-        audit: Auditor | None,
-        actor: str,
-        persist: Persister | None = None,
+        self, state: ServerState, registry: RegistryPort | None, actor: str, upload_dir: Path
     ) -> None:
-        self._persist = persist
         self._state = state
-        self._resolve = resolve
-        self._audit = audit
+        self._registry = registry
         self._actor = actor
+        self._upload_dir = upload_dir
 
     def routes(self) -> list[Route]:
         return [
@@ -95,112 +120,212 @@ class ManagementAPI:
                 "instances": engine.instance_count(name, version),
                 "queue_depth": engine.queue_depth(name, version),
                 "in_flight": engine.in_flight(name, version), "status": "ready",
-                "max_batch_size": info.policy.max_batch_size,
+                "max_batch_size": info.policy.max_batch_size, "sha256": info.sha256,
             })  # fmt: skip
         return {
             "name": name, "default_version": engine.default_version(name),
             "split": engine.split(name), "versions": versions,
         }  # fmt: skip
 
-    async def _audited(self, action: str, target: str, run: Callable[[], Awaitable[T]]) -> T:
+    async def _change(
+        self,
+        action: str,
+        target: str,
+        apply: Callable[[], Awaitable[T]],
+        undo: Callable[[T], Awaitable[None]],
+    ) -> T:
+        """Apply a change, then persist it with its audit entry; undo it if that fails."""
         try:
-            result = await run()
+            result = await apply()
         except ModelhostError as exc:
-            await self._record(action, target, "failed", exc.message)
+            await self._record_failure(action, target, exc.message)
             raise
-        await self._record(action, target, "ok", "")
-        if self._persist is not None:
-            await asyncio.to_thread(self._persist, self._state.engine.snapshot())
+        if self._registry is None:
+            return result
+        try:
+            served = self._state.engine.snapshot()
+            await asyncio.to_thread(self._registry.commit, served, self._actor, action, target)
+        except ModelhostError as exc:
+            await undo(result)
+            exc.message = f"{exc.message}; the change was not applied"
+            exc.args = (exc.message,)
+            await self._record_failure(action, target, exc.message)
+            raise
         return result
 
-    async def _record(self, action: str, target: str, outcome: str, detail: str) -> None:
-        if self._audit is not None:
-            await asyncio.to_thread(self._audit, self._actor, action, target, outcome, detail)
+    async def _record_failure(self, action: str, target: str, detail: str) -> None:
+        if self._registry is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._registry.record, self._actor, action, target, "failed", detail
+            )
+        except ModelhostError as exc:  # the registry is down: the refusal is the answer
+            log.warning("could not audit the refused %s of %s: %s", action, target, exc.message)
 
     async def register(self, request: Request) -> Response:
-        return await self._audited("load", "models", lambda: self._register(request))
+        engine = self._state.engine
+        before: dict[str, str | None] = {}
 
-    async def _register(self, request: Request) -> Response:
+        async def apply() -> Response:
+            uploaded = media_type(request) == "application/octet-stream"
+            source = await self._source(request)
+            defaults = {m.name: engine.default_version(m.name) for m in engine.models()}
+            loaded = {(m.name, m.version) for m in engine.models()}
+            try:
+                info = await engine.load(source)
+            except ModelhostError:
+                if uploaded and self._registry is not None:
+                    await asyncio.to_thread(self._registry.forget, source, self._actor)
+                raise
+            finally:
+                if source.origin == "upload":
+                    source.path.unlink(missing_ok=True)
+            before["fresh"] = None if (info.name, info.version) in loaded else info.version
+            before["default"] = defaults.get(info.name)
+            before["name"] = info.name
+            return json_response(self._describe(info.name) | {"loaded": info.version})
+
+        async def undo(_: Response) -> None:
+            name, fresh, default = before["name"], before.get("fresh"), before.get("default")
+            if name is None or fresh is None:
+                return  # nothing new was loaded
+            await engine.unload(name, fresh)
+            if default is not None:
+                engine.set_default(name, default)
+
+        return await self._change("load", "models", apply, undo)
+
+    async def _source(self, request: Request) -> ArchiveSource:
         kind = media_type(request)
         if kind == "application/json":
             doc = _json_object(await request.body())
             ref = doc.get("ref")
             if not isinstance(ref, str) or not ref:
                 raise InvalidInput('ref must be "NAME" or "NAME:VERSION" of a registered model')
-            if self._resolve is None:
+            if self._registry is None:
                 raise InvalidInput("this server has no registry; upload an archive instead")
-            source = await asyncio.to_thread(self._resolve, ref)
-            info = await self._state.engine.load(source)
-        elif kind == "application/octet-stream":
-            with tempfile.TemporaryDirectory(prefix="modelhost-upload-") as tmp:
-                path = Path(tmp) / "upload.mh"
-                path.write_bytes(await request.body())
-                info = await self._state.engine.load(ArchiveSource(path, origin="upload"))
-        else:
-            raise UnsupportedMediaType(
-                f'Content-Type {kind or "(none)"!r}: send application/json {{"ref": ...}} '
-                "or an archive as application/octet-stream"
-            )
-        return json_response(self._describe(info.name) | {"loaded": info.version})
+            return await asyncio.to_thread(self._registry.resolve, ref)
+        if kind == "application/octet-stream":
+            return await self._upload(request)
+        raise UnsupportedMediaType(
+            f'Content-Type {kind or "(none)"!r}: send application/json {{"ref": ...}} '
+            "or an archive as application/octet-stream"
+        )
+
+    async def _upload(self, request: Request) -> ArchiveSource:
+        """Stream the body to a file (never whole in memory), register it, return it."""
+        limit = self._state.settings.max_archive_upload_bytes
+        self._upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self._upload_dir, suffix=".mh")
+        path = Path(name)
+        keep = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"the archive is over {limit} bytes (max_archive_upload_bytes)"
+                        )
+                    await asyncio.to_thread(out.write, chunk)
+            if self._registry is None:
+                keep = True  # the caller loads it, then removes it
+                return ArchiveSource(path, origin="upload")
+            return await asyncio.to_thread(self._registry.register, path, self._actor)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    f"no space left for the upload in {self._upload_dir}; nothing was kept"
+                ) from exc
+            raise
+        finally:
+            if not keep:
+                path.unlink(missing_ok=True)
 
     async def set_default(self, request: Request) -> Response:
         name = request.path_params["name"]
+        engine = self._state.engine
+        old: list[str] = []
 
-        async def run() -> Response:
+        async def apply() -> Response:
             version = _json_object(await request.body()).get("version")
             if not isinstance(version, str):
                 raise InvalidInput('version must be a string, e.g. {"version": "2"}')
-            self._state.engine.set_default(name, version)
+            old.append(engine.default_version(name))
+            engine.set_default(name, version)
             return json_response(self._describe(name))
 
-        return await self._audited("set_default", name, run)
+        async def undo(_: Response) -> None:
+            engine.set_default(name, old[0])
+
+        return await self._change("set_default", name, apply, undo)
 
     async def set_split(self, request: Request) -> Response:
         name = request.path_params["name"]
+        engine = self._state.engine
+        old: list[dict[str, float]] = []
 
-        async def run() -> Response:
+        async def apply() -> Response:
             weights = _json_object(await request.body()).get("weights")
             if not isinstance(weights, dict) or not all(
                 isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values()
             ):
                 raise InvalidInput('weights must map versions to numbers: {"1": 90, "2": 10}')
-            self._state.engine.set_split(name, {str(v): float(w) for v, w in weights.items()})
+            old.append(engine.split(name))
+            engine.set_split(name, {str(v): float(w) for v, w in weights.items()})
             return json_response(self._describe(name))
 
-        return await self._audited("set_split", name, run)
+        async def undo(_: Response) -> None:
+            engine.set_split(name, old[0])
+
+        return await self._change("set_split", name, apply, undo)
 
     async def scale(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
+        engine = self._state.engine
+        old: list[int] = []
 
-        async def run() -> Response:
+        async def apply() -> Response:
             count = _json_object(await request.body()).get("instances")
             if not isinstance(count, int) or isinstance(count, bool):
                 raise InvalidInput('instances must be an integer, e.g. {"instances": 2}')
-            await self._state.engine.scale(name, version, count)
+            old.append(engine.instance_count(name, version))
+            await engine.scale(name, version, count)
             return json_response(self._describe(name))
 
-        return await self._audited("scale", f"{name}:{version}", run)
+        async def undo(_: Response) -> None:
+            await engine.scale(name, version, old[0])
+
+        return await self._change("scale", f"{name}:{version}", apply, undo)
 
     async def unregister(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
+        engine = self._state.engine
 
-        async def run() -> Response:
-            await self._state.engine.unload(name, version)
-            return json_response({"unloaded": f"{name}:{version}"})
+        async def apply() -> Any:
+            return engine.detach(name, version)  # reversible until persisted
 
-        return await self._audited("unload", f"{name}:{version}", run)
+        async def undo(detached: Any) -> None:
+            engine.reattach(detached)
+
+        detached = await self._change("unload", f"{name}:{version}", apply, undo)
+        await engine.drain(detached)
+        return json_response({"unloaded": f"{name}:{version}"})
 
 
 def build_management_app(
-    state: ServerState,
-    token: str,
-    resolve: Resolver | None,
-    audit: Auditor | None = None,
-    persist: Persister | None = None,
+    state: ServerState, token: str, registry: RegistryPort | None = None
 ) -> Starlette:
-    """The management app: token check outermost, then the body limit, then the routes."""
+    """The management app: token check outermost, then the body limit, then the routes.
+
+    Uploads are streamed to ``home/uploads`` (never held in memory), up to
+    ``max_archive_upload_bytes``.
+    """
+    upload_dir = state.settings.home / "uploads"
     return Starlette(
-        routes=ManagementAPI(state, resolve, audit, token_id(token), persist).routes(),
+        routes=ManagementAPI(state, registry, token_id(token), upload_dir).routes(),
         middleware=[
             Middleware(BearerAuth, token=token),
             Middleware(BodyLimit, max_body_bytes=state.settings.max_archive_upload_bytes),

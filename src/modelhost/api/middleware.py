@@ -160,10 +160,13 @@ async def _refuse(send: Send, error: ModelhostError) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        # The body was not read: the connection cannot carry another request.
-        (b"connection", b"close"),
     ]
     if isinstance(error, Overloaded):
+        # A body within max_body_bytes: the server reads past it (without keeping it), so
+        # the client, still sending, gets this answer instead of a reset connection.
         headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+    else:
+        # Too large or malformed: not worth reading; the connection ends after the answer.
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp
 from modelhost import __version__
 from modelhost.api.app import build_app
 from modelhost.api.auth import TOKEN_FILE, load_or_create_token
-from modelhost.api.management import Auditor, Persister, Resolver, build_management_app
+from modelhost.api.management import RegistryPort, build_management_app
 from modelhost.api.protocol import EdgeLimits, limited_protocol
 from modelhost.api.state import ServerState
 from modelhost.config import Settings
@@ -105,9 +105,7 @@ async def serve_async(
     on_loaded: Callable[[ModelInfo], None] | None = None,
     on_listening: Callable[[str], None] | None = None,
     on_management: Callable[[str, Path], None] | None = None,
-    resolve: Resolver | None = None,
-    audit: Auditor | None = None,
-    persist: Persister | None = None,
+    registry: RegistryPort | None = None,
     after_load: Callable[[Engine], Awaitable[None]] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> None:
@@ -145,8 +143,8 @@ async def serve_async(
                 on_loaded(info)
         if after_load is not None:
             await after_load(engine)
-        if persist is not None:
-            await asyncio.to_thread(persist, engine.snapshot())
+        if registry is not None:
+            await asyncio.to_thread(registry.started, engine.snapshot())
         state.engine_ = engine
         # Everything loaded so far lives as long as the server: move it out of the
         # collector's sight. Without this, full collections over the model objects paused
@@ -156,9 +154,7 @@ async def serve_async(
         server = _Server(_config(build_app(state), settings), state)
         servers = [server.serve(sockets=[sock])]
         if msock is not None and token is not None:
-            mgmt = _FollowerServer(
-                _config(build_management_app(state, token, resolve, audit, persist), settings)
-            )
+            mgmt = _FollowerServer(_config(build_management_app(state, token, registry), settings))
             server.followers = [mgmt]
             servers.append(mgmt.serve(sockets=[msock]))
             if on_management is not None:

@@ -75,6 +75,9 @@ def serve(
                 highlight=False, soft_wrap=True,
             )  # fmt: skip
 
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
     def management(url: str, token_file: Path) -> None:
         out.print(f"management API on {url}  (bearer token in {token_file})", highlight=False)
         if settings.public_management:
@@ -84,59 +87,22 @@ def serve(
                 highlight=False,
             )
 
-    # One registry (one connection pool, one migration check) for the server's lifetime,
-    # opened on first use: the callbacks run in worker threads, which SQLAlchemy allows.
-    opened: list[Any] = []
-
-    def registry() -> Any:
-        if not opened:
-            opened.append(registry_for(settings))
-        return opened[0]
-
-    def resolve(ref: str) -> Any:
-        return _registry_source(registry(), ref)
-
-    def audit(actor: str, action: str, target: str, outcome: str, detail: str) -> None:
-        registry().record(actor, action, target, outcome, detail)
+    from modelhost.cli.server_registry import ServerRegistry
 
     if models:
         sources, restore = _sources(models, settings), None
     else:
         sources, restore = _restored_sources(settings)
     uses_registry = any(s.origin == "registry" for s in sources)
-
-    def persist(states: list[Any]) -> None:
-        from modelhost.registry.service import ServedVersion
-
-        kept = [s for s in states if s.origin == "registry"]
-        if not (uses_registry or kept):
-            return  # archive files only: nothing the registry could restore
-        registry().save_served(
-            settings.server_name,
-            [ServedVersion(s.name, s.version, s.is_default, s.weight, s.instances) for s in kept],
-        )
-
+    registry = ServerRegistry(settings, uses_registry=uses_registry)
     try:
         run(
             settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
-            resolve=resolve, audit=audit, persist=persist, after_load=restore,
+            on_warning=warn, registry=registry, after_load=restore,
         )  # fmt: skip
     finally:
-        for reg in opened:
-            reg.close()
+        registry.close()
     out.print("stopped")
-
-
-def _registry_source(registry: Any, ref: str) -> Any:
-    """A registry ``NAME[:VERSION]`` as an ArchiveSource; ``NAME`` becomes the default."""
-    from modelhost.registry.service import parse_ref
-    from modelhost.serving import ArchiveSource
-    from modelhost.types import ModelRef
-
-    name, version = parse_ref(ref)
-    info = registry.show(name, version)
-    path = registry.archive_path(name, info.version)
-    return ArchiveSource(path, ModelRef(name, info.version), version is None, origin="registry")
 
 
 def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
@@ -145,7 +111,9 @@ def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
     Raises:
         ConfigError: nothing is recorded for this server.
     """
-    from modelhost.types import ModelRef
+    import dataclasses
+
+    from modelhost.cli.server_registry import registry_source
 
     with registry_for(settings) as registry:
         served = registry.served(settings.server_name)
@@ -154,15 +122,12 @@ def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
                 f"nothing to serve: give archives or registered names (the registry has no "
                 f"record of server {settings.server_name!r})"
             )
-        from modelhost.serving import ArchiveSource
-
         sources = [
-            ArchiveSource(
-                registry.archive_path(s.model, s.version), ModelRef(s.model, s.version),
-                s.is_default, origin="registry",
+            dataclasses.replace(
+                registry_source(registry, f"{s.model}:{s.version}"), default=s.is_default
             )
             for s in served
-        ]  # fmt: skip
+        ]
 
     async def restore(engine: Any) -> None:
         for s in served:
@@ -182,6 +147,7 @@ def _sources(models: list[str], settings: Any) -> list[Any]:
     ``NAME`` (the production version) becomes the default version of its name; a pinned
     ``NAME:VERSION`` does not.
     """
+    from modelhost.cli.server_registry import registry_source
     from modelhost.serving import ArchiveSource
 
     sources: list[ArchiveSource] = []
@@ -191,7 +157,7 @@ def _sources(models: list[str], settings: Any) -> list[Any]:
             sources.append(ArchiveSource(Path(model)))
             continue
         registry = registry or registry_for(settings)
-        sources.append(_registry_source(registry, model))
+        sources.append(registry_source(registry, model))
     if registry is not None:
         registry.close()
     return sources
