@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from support.cli import fail_on_traceback
+
 START_TIMEOUT_S = 60.0
 
 
@@ -52,7 +54,11 @@ class ServerProcess:
 def running_server(
     *archives: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
-    """Run ``modelhost serve ARCHIVES --port 0 ARGS`` until the block ends (then SIGTERM)."""
+    """Run ``modelhost serve ARCHIVES --port 0 ARGS`` until the block ends (then SIGTERM).
+
+    When the block ends normally, the test fails if the server printed a traceback (unless
+    it ran with ``--debug``).
+    """
     if "--management-port" not in args:
         args = (*args, "--management-port", "-1")
     cmd = [sys.executable, "-m", "modelhost", "serve", *map(str, archives), "--port", "0", *args]
@@ -93,3 +99,4 @@ def running_server(
         pump.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
+    fail_on_traceback(cmd, "".join(server.output))  # after a block that ended normally

@@ -44,7 +44,13 @@ def pack(
     """Pack a trained model directory into one verified archive."""
     from modelhost.archive import pack_model_dir
 
-    manifest = pack_model_dir(model_dir, name=name, version=version, out=out_file)
+    try:
+        manifest = pack_model_dir(model_dir, name=name, version=version, out=out_file)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # zipfile's write errors name no file: the one being written is the archive.
+        raise OSError(exc.errno, exc.strerror, str(out_file)) from exc
     out.print(
         f"packed {manifest.name}:{manifest.version} ({len(manifest.files)} files) -> {out_file}"
     )
