@@ -180,3 +180,137 @@ def test_server_still_answers_after_every_bad_input(server, example_images):
     for label, png in example_images.items():
         r = httpx.post(server.url + PREDICT, content=png, headers=PNG)
         assert r.json()["predictions"][0]["label"] == label
+
+
+# -- hostile values: each class gives a 4xx naming the field, never a 500 -------------
+
+HEAD = v2()
+
+
+def _binary_head(shape, size, **extra):
+    tensor = {"name": "image", "shape": shape, "datatype": "FP32",
+              "parameters": {"binary_data_size": size}}  # fmt: skip
+    head = orjson.dumps({"inputs": [tensor], **extra})
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(head))}  # fmt: skip
+    return head, headers
+
+
+def _hostile_cases():
+    # Inference-Header-Content-Length: only 1-19 ASCII digits are a byte count.
+    for value in ["²", "٣", "1²", "9" * 5000, "-1", "+5", "1 2", "0x10", "1_0", "", "1.0"]:
+        raw = value.encode("utf-8")  # non-latin-1 digits arrive as their UTF-8 bytes
+        yield f"header length {value[:8]!r}", INFER, \
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": raw}, \
+            HEAD, 400, "Inference-Header-Content-Length"  # fmt: skip
+    # Shapes: dims past 2**31 - 1, zero-sized tricks, more dims than the signature.
+    for shape in ([0, 2**62], [2**62, 0], [1, 1, 28, 2**31], [0, 1, 28, 2**40],
+                  [1, 1, 28, 28, 1], [1] * 40, [784], []):  # fmt: skip
+        yield f"v2 json shape {shape[:5]}", INFER, JSON, v2([], shape=shape), 400, \
+            "inputs[0].shape"  # fmt: skip
+        body, headers = _binary_head(shape, 0)
+        yield f"v2 binary shape {shape[:5]}", INFER, headers, body, 400, "inputs[0].shape"
+    # binary_data_size lying, and data disagreeing with datatype / shape.
+    for size in (2**63, 2**64 - 1, 784 * 4 + 1, 1, -5, "3136", 3136.0, True):
+        body, headers = _binary_head([1, 1, 28, 28], size)
+        yield f"binary_data_size {size!r}", INFER, headers, body + bytes(3136), 400, \
+            "binary_data_size"  # fmt: skip
+    yield "data and binary both", INFER, JSON, orjson.dumps({"inputs": [{
+        "name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784,
+        "parameters": {"binary_data_size": 0}}]}), 400, "both data and"  # fmt: skip
+    yield "bools for FP32", INFER, JSON, v2([True] * 784), 400, "inputs[0].data: holds bool"
+    yield "FP16 value past its range", INFER, JSON, v2([1e39] * 784), 400, "out of range"
+    # JSON itself: nesting depth, NaN/Infinity literals, non-UTF-8 bytes, lone surrogates.
+    yield "v2 deep nesting", INFER, JSON, b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", \
+        400, "not valid JSON"  # fmt: skip
+    yield "native deep nesting", PREDICT, JSON, b'{"instances": ' + b"[" * 3000, 400, \
+        "not valid JSON"  # fmt: skip
+    yield "data nested past numpy's dims", INFER, JSON, v2([[[[[[[[0.5]]]]]]]] * 3), 400, \
+        "inputs[0].data"  # fmt: skip
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"nan"):
+        yield f"literal {literal.decode()}", INFER, JSON, \
+            v2([0.5] * 784).replace(b"0.5", literal, 1), 400, "not valid JSON"  # fmt: skip
+    yield "v2 non-UTF-8", INFER, JSON, v2(id="\u00e9").replace(b"\xc3\xa9", b"\xe9"), 400, \
+        "not valid JSON"  # fmt: skip
+    yield "native non-UTF-8", PREDICT, JSON, b'{"instances": ["\xff\xfe"]}', 400, \
+        "not valid JSON"  # fmt: skip
+    yield "lone surrogate", INFER, JSON, v2().replace(b'"image"', b'"\\ud800"', 1), 400, \
+        "not valid JSON"  # fmt: skip
+    yield "huge id", INFER, JSON, v2(id="x" * 100_000), 400, "id is 100000 characters"
+    yield "more tensors than inputs", INFER, JSON, orjson.dumps(
+        {"inputs": [orjson.loads(HEAD)["inputs"][0]] * 2}), 400, "inputs has 2 tensors"  # fmt: skip
+    # Content types the routes do not take, however they are spelled.
+    for ctype in ("application/jsonx", "text/json", "application/x-ndjson", "multipart/form-data"):
+        yield f"v2 content type {ctype}", INFER, {"Content-Type": ctype}, HEAD, 415, ctype
+        yield f"native content type {ctype}", PREDICT, {"Content-Type": ctype}, HEAD, 415, ctype
+    yield "native no content type", PREDICT, {"Content-Type": ""}, HEAD, 415, "(none)"
+    yield "image/png with JSON", PREDICT, PNG, HEAD, 400, "not a decodable PNG or JPEG"
+
+
+HOSTILE = list(_hostile_cases())
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body", "status", "fragment"),
+    [case[1:] for case in HOSTILE],
+    ids=[case[0] for case in HOSTILE],
+)
+def test_hostile_values_are_a_4xx_naming_the_field(server, path, headers, body, status, fragment):
+    r = httpx.post(server.url + path, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert fragment in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/json;",
+    ],
+)
+def test_content_type_spellings_of_json_are_accepted(server, ctype):
+    r = httpx.post(server.url + INFER, content=v2(), headers={"Content-Type": ctype})
+    assert r.status_code == 200, r.text
+
+
+def test_duplicate_keys_take_the_last_value(server):
+    """RFC 8259 leaves duplicate names to the parser; orjson keeps the last one."""
+    body = v2().replace(b'"datatype":"FP32"', b'"datatype":"INT8","datatype":"FP32"')
+    assert httpx.post(server.url + INFER, content=body, headers=JSON).status_code == 200
+
+
+def test_a_repeated_binary_header_is_refused(server):
+    body, headers = _binary_head([1, 1, 28, 28], 3136)
+    pairs = [*headers.items(), ("Inference-Header-Content-Length", "7")]
+    r = httpx.post(server.url + INFER, content=body + bytes(3136), headers=pairs)
+    assert r.status_code == 400
+    assert "appears 2 times" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/models/%00/infer", "/v2/models/%F0%9F%98%80/infer", "/v2/models/%C0%AF/infer",
+     "/v2/models/..%2F..%2Fetc/infer", "/v2/models/digits/versions/%FF/infer",
+     "/v2/models/" + "x" * 4000 + "/infer", "/v1/models/%E2%80%AE:predict",
+     "/v2/models/digits%20/infer"],
+)  # fmt: skip
+def test_odd_model_names_in_the_path_are_404(server, path):
+    r = httpx.post(server.url + path, content=v2(), headers=JSON)
+    assert r.status_code == 404, r.text
+    assert r.json()["code"] in ("model_not_found", "not_found")
+
+
+@pytest.mark.parametrize("query", ["?a=%ZZ", "?a=%00&a=%FF", "?" + "x=1&" * 2000, "?=&&=="])
+def test_query_strings_are_ignored(server, query):
+    r = httpx.post(server.url + INFER + query, content=v2(), headers=JSON)
+    assert r.status_code == 200, r.text
+
+
+def test_server_still_answers_after_every_hostile_value(server, example_images):
+    for _, path, headers, body, *_ in HOSTILE:
+        httpx.post(server.url + path, content=body, headers=headers)
+    ok = httpx.post(server.url + PREDICT, content=example_images["3"], headers=PNG)
+    assert ok.json()["predictions"][0]["label"] == "3"
+    assert "Traceback" not in "".join(server.output)

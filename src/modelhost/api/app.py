@@ -15,6 +15,7 @@ from modelhost.api.kserve_v2 import KServeV2API
 from modelhost.api.metrics import MetricsAPI
 from modelhost.api.middleware import BodyLimit
 from modelhost.api.native import NativeAPI
+from modelhost.api.openapi import OpenAPIDocumentAPI
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.state import ServerState
 from modelhost.codecs.limits import DecodeLimits
@@ -32,7 +33,11 @@ HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
 def _middleware(state: ServerState) -> list[Middleware]:
-    limit = Middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)
+    limit = Middleware(
+        BodyLimit,
+        max_body_bytes=state.settings.max_body_bytes,
+        max_inflight_body_bytes=state.settings.max_inflight_body_bytes,
+    )
     token = state.settings.inference_token
     if token is None:
         return [limit]
@@ -60,6 +65,7 @@ def build_app(state: ServerState) -> Starlette:
         *KServeV2API(state, __version__, limits).routes(),
         *NativeAPI(state, limits).routes(),
         *MetricsAPI(state.metrics).routes(),
+        *OpenAPIDocumentAPI(__version__).routes(),
     ]
     return Starlette(
         routes=routes,
