@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.paths import EXAMPLE_IMAGES
 from support.server import ServerProcess, running_server
+
+# The property tests explore the same examples on every run by default, so CI is
+# repeatable; HYPOTHESIS_PROFILE=explore draws new ones (run it when changing a codec).
+hypothesis_settings.register_profile("repeatable", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

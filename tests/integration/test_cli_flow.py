@@ -53,7 +53,13 @@ def test_train_pack_inspect_export(tmp_path: Path) -> None:
     }
     assert 0.0 < manifest["metrics"]["test_accuracy"] <= 1.0
 
-    exported = mh("export", "d.mh", "--to", "onnx", "--out", "d-onnx.mh", cwd=tmp_path)
+    untrusted = mh("export", "d.mh", "--to", "onnx", "--out", "d-onnx.mh", cwd=tmp_path)
+    assert untrusted.returncode == 1
+    assert "--trust-code" in untrusted.stderr
+    assert not (tmp_path / "d-onnx.mh").exists()
+    exported = mh(
+        "export", "d.mh", "--to", "onnx", "--out", "d-onnx.mh", "--trust-code", cwd=tmp_path
+    )
     assert exported.returncode == 0, exported.stderr
     assert "to onnx" in exported.stdout
     assert (

@@ -103,12 +103,22 @@ def export(
     to: Annotated[str, typer.Option(help="onnx or torchscript")],
     out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
     atol: Annotated[float, typer.Option(help="largest output difference accepted")] = 1e-4,
+    trust_code: Annotated[
+        bool, typer.Option("--trust-code", help="run the archive's model.py (needed: it is code)")
+    ] = False,
 ) -> None:
     """Export a torch archive to ONNX or TorchScript (outputs checked against torch)."""
     from modelhost.optimize.export import export_archive
 
     if to not in ("onnx", "torchscript"):
         raise ConfigError(f"--to {to!r} is not supported; use onnx or torchscript")
+    if not trust_code:
+        from modelhost.errors import UntrustedCode
+
+        raise UntrustedCode(
+            f"exporting {archive} imports its model.py, code of the archive's author; pass "
+            "--trust-code if you trust its author"
+        )
     report = export_archive(archive, out_file, to, atol=atol)  # type: ignore[arg-type]
     m = report.manifest
     out.print(f"exported {m.name}:{m.version} to {m.runtime} -> {out_file} "

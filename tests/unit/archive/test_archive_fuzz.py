@@ -22,6 +22,9 @@ from modelhost.archive import OpenedArchive, open_archive, write_archive
 from modelhost.errors import ArchiveError
 from support.hostile_archives import SPEC, manifest_json, raw_zip
 
+# Hostile archives are built with duplicate member names on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
+
 FUZZ = settings(
     max_examples=300,
     deadline=None,
