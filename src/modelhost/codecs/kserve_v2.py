@@ -211,8 +211,16 @@ def _check_shape(field: str, shape: Any, spec: TensorSpec) -> tuple[int, ...]:
 
 
 def _decode_json_data(h: _TensorHeader) -> np.ndarray:
-    arr = json_to_array(h.data, h.dtype, f"{h.field}.data")
-    return check_element_count(arr, list(h.shape), f"{h.field}.data")
+    field = f"{h.field}.data"
+    rows = h.shape[0] if h.shape else 1
+    if isinstance(h.data, list) and len(h.data) not in (h.elements, rows):
+        # Refused before numpy converts it: the data cannot fit the declared shape.
+        raise InvalidInput(
+            f"{field}: data has {len(h.data)} elements at its top level; shape "
+            f"{list(h.shape)} needs {h.elements} (flat) or {rows} rows (nested)"
+        )
+    arr = json_to_array(h.data, h.dtype, field)
+    return check_element_count(arr, list(h.shape), field)
 
 
 def _decode_binary(h: _TensorHeader, tail: memoryview) -> np.ndarray:
@@ -250,7 +258,9 @@ def _decode_outputs(
     for i, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
         if name not in known:
-            raise InvalidInput(f"outputs[{i}].name {name!r} is not an output of the model: {known}")
+            raise InvalidInput(
+                f"outputs[{i}].name {_shown(name)} is not an output of the model: {known}"
+            )
         wanted.append(name)
         out_params = item.get("parameters") or {}
         flag = out_params.get("binary_data") if isinstance(out_params, dict) else None
