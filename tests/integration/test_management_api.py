@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
@@ -22,10 +21,7 @@ PNG = {"Content-Type": "image/png"}
 def managed(tmp_path_factory, digits_archive, onnx_archive):
     home = tmp_path_factory.mktemp("home")
     for archive in (digits_archive, onnx_archive):  # registry versions 1 (torch), 2 (onnx)
-        subprocess.run(
-            [sys.executable, "-m", "modelhost", "push", str(archive), "--home", str(home)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        assert mh("push", str(archive), "--home", str(home)).returncode == 0
     args = ("--home", str(home), "--management-port", "0", "--trust-code")
     with running_server(Path("digits:1"), args=args) as srv:
         token = srv.token_file.read_text().strip()
@@ -149,10 +145,9 @@ def test_bad_management_requests(managed, method, path, body, ctype, status, fra
 
 
 def test_management_on_a_public_address_needs_the_flag(tmp_path, digits_archive):
-    result = subprocess.run(
-        [sys.executable, "-m", "modelhost", "serve", str(digits_archive), "--port", "0",
-         "--management-host", "0.0.0.0", "--management-port", "0", "--home", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
+    result = mh(
+        "serve", str(digits_archive), "--port", "0", "--management-host", "0.0.0.0",
+        "--management-port", "0", "--home", str(tmp_path), timeout_s=60,
     )  # fmt: skip
     assert result.returncode == 1
     assert "refusing to expose the management API on 0.0.0.0" in result.stderr

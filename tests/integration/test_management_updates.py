@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
@@ -19,10 +18,7 @@ PNG = {"Content-Type": "image/png"}
 
 
 def push(archive: Path, home: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "modelhost", "push", str(archive), "--home", str(home)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    assert mh("push", str(archive), "--home", str(home)).returncode == 0
 
 
 async def test_swaps_and_splits_mid_load_fail_no_request(
@@ -77,10 +73,7 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
         served_by = {version for _, version in outcomes}
         assert served_by == {"1", "2"}
         assert sum(outcomes.values()) > 100
-        log = subprocess.run(
-            [sys.executable, "-m", "modelhost", "audit", "--home", str(home)],
-            capture_output=True, text=True, check=True, env={"COLUMNS": "250", "PATH": ""},
-        ).stdout  # fmt: skip
+        log = mh("audit", "--home", str(home)).stdout
         for action in ("load", "set_split", "scale", "set_default", "unload"):
             assert action in log
         assert "tok:" in log

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -15,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelhost.client import AsyncClient, Client
 from modelhost.errors import InvalidInput, ModelNotFound
 from modelhost.train.data import load_digits_split
+from support.cli import mh
 from support.paths import EXAMPLE_IMAGES
 
 pytestmark = pytest.mark.slow
@@ -74,10 +73,9 @@ def test_json_instances_and_b64_instances(server, example_images) -> None:
 
 
 def test_cli_predict_prints_the_digit(server) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "modelhost", "predict", "--url", server.url, "--model", "digits",
-         str(EXAMPLE_IMAGES / "digit_7.png"), str(EXAMPLE_IMAGES / "digit_2.png")],
-        capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}, check=False,
+    result = mh(
+        "predict", "--url", server.url, "--model", "digits",
+        str(EXAMPLE_IMAGES / "digit_7.png"), str(EXAMPLE_IMAGES / "digit_2.png"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -86,11 +84,9 @@ def test_cli_predict_prints_the_digit(server) -> None:
 
 
 def test_cli_predict_unknown_model_is_one_clear_line(server) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "modelhost", "predict", "--url", server.url, "--model", "nope",
-         str(EXAMPLE_IMAGES / "digit_7.png")],
-        capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}, check=False,
-    )  # fmt: skip
+    result = mh(
+        "predict", "--url", server.url, "--model", "nope", str(EXAMPLE_IMAGES / "digit_7.png")
+    )
     assert result.returncode == 1
     assert "model 'nope' is not loaded" in result.stderr
     assert "Traceback" not in result.stderr

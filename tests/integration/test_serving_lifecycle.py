@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from modelhost.archive.manifest import Batching
 from support.archives import slow_archive
+from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
@@ -118,9 +118,10 @@ async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -
 
 def serve_once(archive: Path) -> subprocess.CompletedProcess[str]:
     """Run ``modelhost serve`` expecting it to refuse the archive and exit."""
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", "serve", str(archive), "--port", "0", "--trust-code"],
-        capture_output=True, text=True, timeout=60, check=False, env={"COLUMNS": "200", "PATH": ""},
+    home = archive.parent / "home"
+    return mh(
+        "serve", str(archive), "--port", "0", "--management-port", "-1", "--trust-code",
+        "--home", str(home), timeout_s=60,
     )  # fmt: skip
 
 
