@@ -105,18 +105,24 @@ class Settings(BaseSettings):
     )
     max_headers: int = Field(100, ge=8, description="most header fields in one request (431)")
     header_timeout_s: float = Field(
-        10.0, gt=0, description="longest time from connecting (or a request's first byte) "
+        10.0,
+        gt=0,
+        description="longest time from connecting (or a request's first byte) "
         "to the end of its headers, in seconds (408, connection closed)",
     )
     body_timeout_s: float = Field(
-        30.0, gt=0, description="longest wait for the next piece of a request body, in "
+        30.0,
+        gt=0,
+        description="longest wait for the next piece of a request body, in "
         "seconds (408, connection closed)",
     )
     max_connections: int = Field(
         1024, ge=1, description="open connections + running requests per listener (503)"
     )
     max_inflight_body_bytes: int = Field(
-        256 * 1024**2, ge=1024, description="request body bytes held at once by the whole "
+        256 * 1024**2,
+        ge=1024,
+        description="request body bytes held at once by the whole "
         "inference server (503 + Retry-After beyond)",
     )
     max_request_items: int = Field(
@@ -132,15 +138,21 @@ class Settings(BaseSettings):
         64 * 1024**2, ge=1, description="decoded image pixels in one request, all images (413)"
     )
     max_batch_elements: int = Field(
-        16 * 1024**2, ge=1, description="tensor elements in one batch; a request joins a "
+        16 * 1024**2,
+        ge=1,
+        description="tensor elements in one batch; a request joins a "
         "batch only while the sum stays under it (a request alone always runs)",
     )
     warmup_max_elements: int = Field(
-        1024**2, ge=1, description="tensor elements of the largest warm-up batch at load "
+        1024**2,
+        ge=1,
+        description="tensor elements of the largest warm-up batch at load "
         "(rows = min(max_batch_size, this / elements per item))",
     )
     db_lock_timeout_s: float = Field(
-        10.0, ge=0, description="how long a registry write waits for a locked database, "
+        10.0,
+        ge=0,
+        description="how long a registry write waits for a locked database, "
         "in seconds (then 503, nothing applied)",
     )
 
