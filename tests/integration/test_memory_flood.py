@@ -135,3 +135,31 @@ def test_a_flood_of_the_largest_legal_requests_stays_under_the_bound(onnx_archiv
         # and it still answers a plain request afterwards
         path, body, headers = bodies[0]
         assert httpx.post(srv.url + path, content=body, headers=headers).status_code == 200
+
+
+def test_a_large_upload_is_streamed_to_disk_not_held_in_memory(onnx_archive, tmp_path):
+    chunk = np.random.default_rng(2).bytes(1024**2)
+    upload_mib = 300
+
+    def body():
+        for _ in range(upload_mib):
+            yield chunk
+
+    home = tmp_path / "home"
+    args = ("--home", str(home), "--management-port", "0")
+    with running_server(onnx_archive, args=args) as srv:
+        auth = {"Authorization": f"Bearer {srv.token_file.read_text().strip()}"}
+        idle = psutil.Process(srv.process.pid).memory_info().rss
+        with PeakRss(srv.process.pid) as rss:
+            r = httpx.post(
+                f"{srv.management_url}/models",
+                content=body(),
+                headers=auth | {"Content-Type": "application/octet-stream"},
+                timeout=300,
+            )
+        assert r.status_code == 400, r.text  # random bytes: not a zip, refused after streaming
+        assert "not a zip" in r.json()["error"]
+        grown = rss.peak - idle
+        print(f"{upload_mib} MiB upload: RSS +{grown / 2**20:.0f} MiB")
+        assert grown < 64 * 1024**2  # the upload is never in memory whole
+        assert list((home / "uploads").iterdir()) == []
