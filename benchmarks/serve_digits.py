@@ -132,7 +132,9 @@ def prepare_archives(runtimes: list[str], archive: Path | None, workdir: Path) -
         elif runtime == "onnx" and given == "torch":
             onnx = workdir / "digits-onnx.mh"
             print(f"exporting {archive} to ONNX: {onnx}")
-            _run_quiet([*modelhost, "export", str(archive), "--to", "onnx", "--out", str(onnx)])
+            # --trust-code: the model.py is our own, just trained
+            export = ["export", str(archive), "--to", "onnx", "--out", str(onnx), "--trust-code"]
+            _run_quiet([*modelhost, *export])
             result[runtime] = onnx
         else:
             sys.exit(f"--runtime {runtime} needs a {runtime} or torch archive, not {given}")
