@@ -170,7 +170,10 @@ async def test_unregister_finishes_accepted_requests_first(tmp_path):
                 )
                 for i in range(4)
             ]
-            await asyncio.sleep(0.15)
+            # all four accepted (queued or computing) before the unload starts
+            await asyncio.to_thread(
+                srv.wait_for_metric, "modelhost_in_flight_requests", 4.0, model="slow"
+            )
             gone = await client.delete(f"{srv.management_url}/models/slow/versions/1", headers=auth)
             answers = await asyncio.gather(*calls)
         assert gone.status_code == 200

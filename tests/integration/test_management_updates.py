@@ -34,6 +34,13 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
         stop = asyncio.Event()
         outcomes: collections.Counter[tuple[int, str]] = collections.Counter()
         wrong: list[str] = []
+        answered = asyncio.Condition()
+
+        async def traffic(answers: int) -> None:
+            """Wait until ``answers`` more requests have been answered (traffic flows)."""
+            async with answered:
+                target = sum(outcomes.values()) + answers
+                await answered.wait_for(lambda: sum(outcomes.values()) >= target)
 
         async def client_loop(client: httpx.AsyncClient, label: str) -> None:
             while not stop.is_set():
@@ -43,6 +50,8 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
                     headers=PNG,
                 )
                 outcomes[(r.status_code, r.headers.get("x-model-version", "-"))] += 1
+                async with answered:
+                    answered.notify_all()
                 if r.status_code == 200 and r.json()["predictions"][0]["label"] != label:
                     wrong.append(label)
 
@@ -51,7 +60,7 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
             httpx.AsyncClient(timeout=60, headers=auth) as admin,
         ):
             load = [asyncio.create_task(client_loop(client, str(i % 10))) for i in range(16)]
-            await asyncio.sleep(0.5)
+            await traffic(32)
             steps = [
                 admin.post(f"{api}/models", json={"ref": "digits:2"}),
                 admin.put(f"{api}/models/digits/split", json={"weights": {"1": 50, "2": 50}}),
@@ -64,7 +73,7 @@ async def test_swaps_and_splits_mid_load_fail_no_request(
             for step in steps:
                 r = await step
                 assert r.status_code == 200, r.text
-                await asyncio.sleep(0.4)
+                await traffic(32)  # every step serves traffic before the next one
             stop.set()
             await asyncio.gather(*load)
         failed = {k: n for k, n in outcomes.items() if k[0] != 200}

@@ -27,6 +27,11 @@ def body(value: float) -> bytes:
     return orjson.dumps({"instances": [[value] * 4]})
 
 
+IN_FLIGHT = "modelhost_in_flight_requests"
+PENDING = "modelhost_pending_requests"
+COMPUTED = "modelhost_inference_count_total"
+
+
 async def post(client: httpx.AsyncClient, url: str, value: float) -> httpx.Response:
     return await client.post(
         f"{url}/v1/models/slow:predict",
@@ -47,15 +52,19 @@ async def test_requests_of_clients_that_left_are_never_computed(tmp_path: Path) 
     with running_server(archive, args=("--trust-code",)) as srv:
         async with httpx.AsyncClient(timeout=10) as client:
             busy = asyncio.create_task(post(client, srv.url, 1.0))
-            await asyncio.sleep(0.2)  # the instance is now computing the first request
+            # accepted and taken by the batcher (queue empty): the instance is computing it
+            await asyncio.to_thread(srv.wait_for_metric, IN_FLIGHT, 1.0, model="slow")
+            await asyncio.to_thread(srv.wait_for_metric, PENDING, 0.0, model="slow")
             async with httpx.AsyncClient(timeout=0.2) as impatient:
                 gone = await asyncio.gather(
                     *(post(impatient, srv.url, 9.0) for _ in range(5)), return_exceptions=True
                 )
             assert all(isinstance(g, httpx.TimeoutException) for g in gone)
             assert (await busy).status_code == 200
-            await asyncio.sleep(0.8)  # time for any wrongly kept request to be computed
-        assert srv.metric("modelhost_inference_count_total", model="slow") == 1.0
+            # One batch at a time, first come first served: a wrongly kept request of the
+            # clients that left would be computed before this one.
+            assert (await post(client, srv.url, 3.0)).status_code == 200
+        assert srv.metric("modelhost_inference_count_total", model="slow") == 2.0
         assert srv.metric("modelhost_pending_requests", model="slow") == 0.0
         assert srv.metric("modelhost_in_flight_requests", model="slow") == 0.0
 
@@ -73,8 +82,10 @@ async def test_request_past_its_deadline_gets_504(tmp_path: Path) -> None:
         assert [first.status_code, second.status_code] == [504, 504], (first.text, second.text)
         assert first.json()["code"] == "deadline_exceeded"
         assert "deadline" in second.json()["error"]
-        await asyncio.sleep(0.6)
-        assert srv.metric("modelhost_inference_count_total", model="slow") == 1.0
+        # the first finishes computing (nobody waits for it); the second never computes
+        await asyncio.to_thread(srv.wait_for_metric, COMPUTED, 1.0, model="slow")
+        await asyncio.to_thread(srv.wait_for_metric, PENDING, 0.0, model="slow")
+        assert srv.metric(COMPUTED, model="slow") == 1.0
         assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
 
 
@@ -102,7 +113,7 @@ async def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path) -
     with running_server(archive, args=("--trust-code",)) as srv:
         async with httpx.AsyncClient(timeout=30) as client:
             pending = [asyncio.create_task(post(client, srv.url, float(i))) for i in range(6)]
-            await asyncio.sleep(0.2)
+            await asyncio.to_thread(srv.wait_for_metric, IN_FLIGHT, 6.0, model="slow")
             start = time.monotonic()
             stopping = asyncio.create_task(asyncio.to_thread(srv.stop))
             answers = await asyncio.gather(*pending)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from support.cli import fail_on_traceback
 
@@ -48,6 +49,20 @@ class ServerProcess:
                 ):
                     return float(sample.value)
         return 0.0
+
+    def wait_for_metric(
+        self, name: str, value: float, timeout_s: float = 60.0, **labels: str
+    ) -> float:
+        """Poll ``/metrics`` until the sample ``name`` equals ``value``; fail after
+        ``timeout_s`` (a generous bound for a loaded machine, not a timing assertion)."""
+        deadline = time.monotonic() + timeout_s
+        seen = self.metric(name, **labels)
+        while seen != value:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name}{labels} stayed {seen}, never {value}, in {timeout_s} s")
+            time.sleep(0.01)  # poll interval of the wait on the metric
+            seen = self.metric(name, **labels)
+        return seen
 
 
 @contextmanager

@@ -240,10 +240,10 @@ async def test_a_cancelled_request_is_never_computed(rig):
 async def test_a_request_past_its_deadline_is_not_computed(rig):
     r = rig()
     first = await r.block(_req(1, 0))
-    late = _req(1, 100, deadline_s=time.monotonic() + 0.05)
+    # its deadline passes while it waits in the queue behind the blocked batch
+    late = _req(1, 100, deadline_s=time.monotonic() - 0.001)
     on_time = _req(1, 200)
     late_future, on_time_future = r.submit(late), r.submit(on_time)
-    await asyncio.sleep(0.1)
     r.release()
     with pytest.raises(DeadlineExceeded, match="deadline"):
         await asyncio.wait_for(late_future, WAIT_S)
@@ -327,7 +327,8 @@ async def test_close_answers_a_request_held_in_a_forming_batch(rig):
     busy, idle = r.predictors
     first = await r.block(_req(1, 0), predictor=busy)
     forming = r.submit(_req(1, 100))  # taken by the idle instance; waits up to 0.5 s for company
-    await asyncio.sleep(0.05)
+    while r.batcher.queue_depth:  # until the idle instance's batch holds it
+        await asyncio.sleep(0)
     closing = asyncio.create_task(r.batcher.close(WAIT_S))
     busy.gate.set()
     await asyncio.wait_for(first, WAIT_S)
@@ -346,12 +347,10 @@ async def test_a_request_arriving_while_a_batch_forms_joins_it(rig):
     forming, other_shape = _req(1, 100), _req(1, 200, width=3)
     joiner = _req(1, 300)
     futures = [r.submit(forming), r.submit(other_shape)]
-    joined = []
-    asyncio.get_running_loop().call_later(0.05, lambda: joined.append(r.submit(joiner)))
+    joined: asyncio.Future = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, lambda: joined.set_result(r.submit(joiner)))
     r.release()
     await asyncio.wait_for(asyncio.gather(first, *futures), WAIT_S)
-    while not joined:
-        await asyncio.sleep(0.01)
-    await asyncio.wait_for(joined[0], WAIT_S)
+    await asyncio.wait_for(await asyncio.wait_for(joined, WAIT_S), WAIT_S)
     together = [b for b in r.predictor.batches if (b == 100).any()]
     assert (together[0] == 300).any(), f"batches seen: {r.predictor.sizes}"
