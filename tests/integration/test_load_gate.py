@@ -4,15 +4,14 @@ content per name:version, code only with --trust-code, a model that keeps its ma
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
 from modelhost.archive.manifest import ModelSpec, TensorSignature
-from modelhost.archive.open import open_archive
 from modelhost.archive.pack import write_archive
+from support.archives import repack
 from support.cli import mh
 from support.server import running_server
 
@@ -21,19 +20,6 @@ pytestmark = pytest.mark.slow
 PNG = {"Content-Type": "image/png"}
 OCTETS = {"Content-Type": "application/octet-stream"}
 SECRET_FILE = Path("/etc/passwd")
-
-
-def repack(archive: Path, out: Path, *, version: str | None = None, **spec_updates) -> Path:
-    """The same model files under a manifest with ``spec_updates`` (a lying manifest)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        opened = open_archive(archive, Path(tmp))
-        m = opened.manifest
-        fields = {k: getattr(m, k) for k in ModelSpec.model_fields} | spec_updates
-        files = {name: opened.root / name for name in m.files}
-        write_archive(
-            ModelSpec(**fields), files, name=m.name, version=version or m.version, out=out
-        )
-    return out
 
 
 def file_reader_archive(tmp: Path, target: Path = SECRET_FILE, size: int = 16) -> Path:

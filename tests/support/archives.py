@@ -1,10 +1,12 @@
-"""Archives made for tests: a deliberately slow torch model, tiny hand-made model dirs."""
+"""Archives made for tests: a deliberately slow torch model, repacked archives."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from modelhost.archive.manifest import Batching, ModelSpec, TensorSignature
+from modelhost.archive.open import open_archive
 from modelhost.archive.pack import write_archive
 
 SLOW_MODEL = '''
@@ -50,4 +52,18 @@ def slow_archive(tmp: Path, *, delay_s: float, batching: Batching | None = None)
     files = {"model.py": tmp / "model.py", "weights.safetensors": tmp / "weights.safetensors"}
     out = tmp / "slow.mh"
     write_archive(spec, files, name="slow", version="1", out=out)
+    return out
+
+
+def repack(archive: Path, out: Path, *, version: str | None = None, **spec_updates) -> Path:
+    """The same model files under a manifest with ``spec_updates``: other bytes (other
+    labels: another registry version), or a manifest that lies about its model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opened = open_archive(archive, Path(tmp))
+        m = opened.manifest
+        fields = {k: getattr(m, k) for k in ModelSpec.model_fields} | spec_updates
+        files = {name: opened.root / name for name in m.files}
+        write_archive(
+            ModelSpec(**fields), files, name=m.name, version=version or m.version, out=out
+        )
     return out

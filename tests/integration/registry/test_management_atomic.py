@@ -10,7 +10,6 @@ before.
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,23 +19,11 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from modelhost.archive.manifest import ModelSpec
-from modelhost.archive.open import open_archive
-from modelhost.archive.pack import write_archive
+from support.archives import repack
 from support.cli import mh
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
-
-
-def relabelled(archive: Path, out: Path, labels: str) -> Path:
-    """The same ONNX model with other labels: other bytes, another registry version."""
-    with tempfile.TemporaryDirectory() as tmp:
-        m = open_archive(archive, Path(tmp)).manifest
-        fields = {k: getattr(m, k) for k in ModelSpec.model_fields} | {"labels": tuple(labels)}
-        files = {name: Path(tmp) / name for name in m.files}
-        write_archive(ModelSpec(**fields), files, name=m.name, version=m.version, out=out)
-    return out
 
 
 def served_state(api: str, auth: dict[str, str]) -> dict:
@@ -84,7 +71,7 @@ def test_with_the_registry_locked_no_change_is_half_applied(db_url, tmp_path, on
     home = tmp_path / "home"
     env = {"MODELHOST_DB_URL": db_url, "MODELHOST_DB_LOCK_TIMEOUT_S": "0.3"}
     for i, labels in enumerate(("0123456789", "ABCDEFGHIJ", "abcdefghij")):
-        archive = relabelled(onnx_archive, tmp_path / f"v{i}.mh", labels)
+        archive = repack(onnx_archive, tmp_path / f"v{i}.mh", labels=tuple(labels))
         assert mh("push", str(archive), "--home", str(home), env=env).returncode == 0
     args = ("--home", str(home), "--management-port", "0")
     with running_server(Path("digits:1"), Path("digits:2"), args=args, env=env) as srv:
