@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -75,6 +76,19 @@ class RegistryPort(Protocol):
     def record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None: ...
 
     def started(self, served: list[VersionState]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What a load changed, for its answer and for undoing it."""
+
+    response: Response
+    name: str
+    version: str
+    fresh: bool  # False: this name:version was served already (same bytes)
+    previous_default: str | None
+    source: ArchiveSource
+    uploaded: bool
 
 
 class ManagementAPI:
@@ -165,36 +179,44 @@ class ManagementAPI:
 
     async def register(self, request: Request) -> Response:
         engine = self._state.engine
-        before: dict[str, str | None] = {}
 
-        async def apply() -> Response:
+        async def apply() -> _Loaded:
             uploaded = media_type(request) == "application/octet-stream"
             source = await self._source(request)
             defaults = {m.name: engine.default_version(m.name) for m in engine.models()}
-            loaded = {(m.name, m.version) for m in engine.models()}
+            served = {(m.name, m.version) for m in engine.models()}
             try:
                 info = await engine.load(source)
             except ModelhostError:
-                if uploaded and self._registry is not None:
-                    await asyncio.to_thread(self._registry.forget, source, self._actor)
+                await self._forget(source, uploaded)
                 raise
             finally:
                 if source.origin == "upload":
                     source.path.unlink(missing_ok=True)
-            before["fresh"] = None if (info.name, info.version) in loaded else info.version
-            before["default"] = defaults.get(info.name)
-            before["name"] = info.name
-            return json_response(self._describe(info.name) | {"loaded": info.version})
+            response = json_response(self._describe(info.name) | {"loaded": info.version})
+            fresh = (info.name, info.version) not in served
+            return _Loaded(response, info.name, info.version, fresh, defaults.get(info.name),
+                           source, uploaded)  # fmt: skip
 
-        async def undo(_: Response) -> None:
-            name, fresh, default = before["name"], before.get("fresh"), before.get("default")
-            if name is None or fresh is None:
-                return  # nothing new was loaded
-            await engine.unload(name, fresh)
-            if default is not None:
-                engine.set_default(name, default)
+        async def undo(loaded: _Loaded) -> None:
+            if not loaded.fresh:
+                return  # it was served already: nothing changed
+            await engine.unload(loaded.name, loaded.version)
+            if loaded.previous_default is not None:
+                engine.set_default(loaded.name, loaded.previous_default)
+            await self._forget(loaded.source, loaded.uploaded)
 
-        return await self._change("load", "models", apply, undo)
+        return (await self._change("load", "models", apply, undo)).response
+
+    async def _forget(self, source: ArchiveSource, uploaded: bool) -> None:
+        """Take a registered upload out of the registry again (it is not served). When the
+        registry cannot be written now, the version stays registered, unserved: logged."""
+        if not uploaded or self._registry is None:
+            return
+        try:
+            await asyncio.to_thread(self._registry.forget, source, self._actor)
+        except ModelhostError as exc:
+            log.warning("the refused upload %s stays registered: %s", source.ref, exc.message)
 
     async def _source(self, request: Request) -> ArchiveSource:
         kind = media_type(request)
