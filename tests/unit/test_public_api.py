@@ -78,3 +78,19 @@ def test_public_errors_are_the_error_module_classes():
         obj = getattr(modelhost, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert getattr(errors, name) is obj
+
+
+def test_public_types_are_the_types_module_classes():
+    from modelhost import types
+
+    for name in ["InferRequest", "InferResult", "ModelRef", "TensorSpec"]:
+        assert getattr(modelhost, name) is getattr(types, name)
+
+
+def test_an_unknown_name_is_an_attribute_error_naming_it():
+    with pytest.raises(AttributeError, match="has no attribute 'InferReqest'"):
+        _ = modelhost.InferReqest
+
+
+def test_dir_lists_every_public_name():
+    assert set(modelhost.__all__) <= set(dir(modelhost))
