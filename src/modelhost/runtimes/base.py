@@ -16,11 +16,14 @@ from modelhost.errors import ArchiveError
 
 @dataclass(frozen=True, slots=True)
 class LoadOptions:
-    """How to load: ``device`` (auto, cpu, cuda, cuda:N) and thread counts (0 = default)."""
+    """How to load: ``device`` (auto, cpu, cuda, cuda:N), thread counts (0 = default) and
+    whether onnxruntime's idle threads spin-wait; the defaults are those of ``Settings``."""
 
     device: str = "auto"
     torch_threads: int = 0
     onnx_intra_op_threads: int = 0
+    onnx_inter_op_threads: int = 1
+    onnx_allow_spinning: bool = False
 
 
 class Predictor(Protocol):

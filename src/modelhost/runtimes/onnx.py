@@ -89,7 +89,10 @@ class OnnxRuntime:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = options.onnx_intra_op_threads
-        so.inter_op_num_threads = 1
+        so.inter_op_num_threads = options.onnx_inter_op_threads
+        spinning = "1" if options.onnx_allow_spinning else "0"
+        for pool in ("intra_op", "inter_op"):
+            so.add_session_config_entry(f"session.{pool}.allow_spinning", spinning)
         providers = onnx_providers(options.device, ort.get_available_providers())
         try:
             session = ort.InferenceSession(

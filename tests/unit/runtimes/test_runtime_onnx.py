@@ -1,6 +1,7 @@
 """The onnx runtime: tensors whose bytes would come from outside the archive are refused
 before onnxruntime sees the model; external data that is an archive member loads; a
-manifest that contradicts the graph is refused."""
+manifest that contradicts the graph is refused; thread and spin-wait options reach the
+session."""
 
 import numpy as np
 import onnxruntime as ort
@@ -26,9 +27,10 @@ def _spec(file="model.onnx", dtype="uint8", shape=(16,), x="x", y="y"):
     )
 
 
-def _load(tmp_path, files, spec=None):
+def _load(tmp_path, files, spec=None, options=None):
     opened = opened_archive(tmp_path, spec or _spec(), files)
-    return get_runtime("onnx").load(opened.root, opened.manifest, LoadOptions(device="cpu"))
+    options = options or LoadOptions(device="cpu")
+    return get_runtime("onnx").load(opened.root, opened.manifest, options)
 
 
 def _add_model(dtype=TensorProto.FLOAT, shape=(-1, 4)):
@@ -158,3 +160,39 @@ def test_a_manifest_that_contradicts_the_graph_is_refused_naming_the_tensor(
     with pytest.raises(ArchiveError) as info:
         _load(tmp_path, {"model.onnx": _add_model()}, spec)
     assert problem in str(info.value)
+
+
+# -- session options -------------------------------------------------------------------
+
+SPINNING_KEYS = ["session.intra_op.allow_spinning", "session.inter_op.allow_spinning"]
+
+
+def _session_options(tmp_path, **options):
+    """Load the Add model with ``options``, check it predicts, and read back its session's
+    options."""
+    predictor = _load(
+        tmp_path,
+        {"model.onnx": _add_model()},
+        _spec(dtype="float32", shape=(-1, 4)),
+        LoadOptions(device="cpu", **options),
+    )
+    assert predictor.predict({"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[2.0] * 4]
+    return predictor._session.get_session_options()
+
+
+@pytest.mark.parametrize(("intra", "inter"), [(0, 0), (1, 1), (2, 4)])
+def test_thread_counts_reach_the_session(tmp_path, intra, inter):
+    so = _session_options(tmp_path, onnx_intra_op_threads=intra, onnx_inter_op_threads=inter)
+    assert (so.intra_op_num_threads, so.inter_op_num_threads) == (intra, inter)
+
+
+@pytest.mark.parametrize(("allow", "entry"), [(False, "0"), (True, "1")])
+def test_spin_waiting_reaches_both_thread_pools_of_the_session(tmp_path, allow, entry):
+    so = _session_options(tmp_path, onnx_allow_spinning=allow)
+    assert [so.get_session_config_entry(key) for key in SPINNING_KEYS] == [entry, entry]
+
+
+def test_by_default_one_inter_op_thread_and_no_spin_waiting(tmp_path):
+    so = _session_options(tmp_path)
+    assert so.inter_op_num_threads == 1
+    assert [so.get_session_config_entry(key) for key in SPINNING_KEYS] == ["0", "0"]
