@@ -178,9 +178,10 @@ def measure_in_process(
     from modelhost.codecs.images import decode_image
     from modelhost.config import Settings
     from modelhost.runtimes.registry import get_runtime
-    from modelhost.serving.manager import load_options
+    from modelhost.serving import engine_config
+    from modelhost.serving.loader import load_options
 
-    settings = Settings(instances=instances)
+    settings = engine_config(Settings(instances=instances))
     with tempfile.TemporaryDirectory(prefix="mh-bench-") as tmp:
         opened = open_archive(archive, Path(tmp))
         manifest = opened.manifest

@@ -30,13 +30,12 @@ class ModelRef:
 
 @dataclass(frozen=True, slots=True)
 class InferRequest:
-    """A decoded inference request.
+    """A decoded inference request (the model that answers it is resolved beforehand).
 
     ``inputs`` maps input names to arrays whose first axis is the batch axis and whose
     dtype already is the signature's; ``deadline_s`` is on the ``time.monotonic`` clock.
     """
 
-    model: ModelRef
     inputs: Mapping[str, np.ndarray]
     deadline_s: float
     id: str | None = None

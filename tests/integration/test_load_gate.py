@@ -225,3 +225,15 @@ def test_failed_loads_and_uploads_leave_no_files(tmp_path, onnx_archive, example
         assert answer.json()["predictions"][0]["label"] == "5"
     # a refused upload is not left registered either
     assert "digits:9" not in mh("ls", "--home", str(home)).stdout
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "nope", "dynamic2"])
+def test_an_archive_asking_for_an_unknown_scheduler_is_refused_at_load(
+    tmp_path, onnx_archive, scheduler
+):
+    odd = repack(onnx_archive, tmp_path / "odd.mh", scheduler=scheduler)
+    line = one_error_line(
+        mh("serve", str(odd), "--port", "0", "--management-port", "-1",
+           "--home", str(tmp_path / "home"))
+    )  # fmt: skip
+    assert f"scheduler {scheduler!r} is not one of this server's: dynamic" in line

@@ -1,4 +1,5 @@
-"""The call every inference route makes: engine.infer, raced against the client leaving.
+"""The call every inference route makes: the data plane's infer, raced against the client
+leaving.
 
 Also records the per-request metrics (count by status code, duration) in one place.
 """
@@ -17,7 +18,8 @@ from starlette.types import Receive
 
 from modelhost.api.state import ServerState
 from modelhost.errors import ModelhostError
-from modelhost.types import InferRequest, InferResult, ModelRef
+from modelhost.serving import Route
+from modelhost.types import InferRequest, InferResult
 
 # Status nginx and others log for "client closed the request"; never sent on the wire.
 CLIENT_CLOSED = 499
@@ -37,24 +39,24 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[object]) ->
 async def infer(
     state: ServerState,
     request: Request,
-    model: ModelRef,
+    route: Route,
     inputs: Mapping[str, np.ndarray],
     request_id: str | None = None,
 ) -> InferResult:
     """Run one inference for an HTTP request; drop it if the client disconnects first.
 
     Raises:
-        ModelhostError subclasses from the engine; ClientDisconnected.
+        ModelhostError subclasses from the data plane; ClientDisconnected.
     """
-    engine = state.engine
+    data = state.data
     deadline_s = time.monotonic() + state.settings.request_timeout_s
-    call = InferRequest(model=model, inputs=inputs, deadline_s=deadline_s, id=request_id)
+    call = InferRequest(inputs=inputs, deadline_s=deadline_s, id=request_id)
     this = asyncio.current_task()
     if this is None:  # not inside a task: nothing to cancel, no watch
-        return await engine.infer(call)
+        return await data.infer(route, call)
     watch = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request.receive, this))
     try:
-        return await engine.infer(call)
+        return await data.infer(route, call)
     except asyncio.CancelledError:
         if watch.done() and not watch.cancelled() and this.uncancel() == 0:
             raise ClientDisconnected from None

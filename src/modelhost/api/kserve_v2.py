@@ -15,7 +15,7 @@ from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, decode_request, encode_respo
 from modelhost.codecs.limits import DecodeLimits
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
-from modelhost.types import ModelRef, TensorSpec
+from modelhost.types import TensorSpec
 
 PROTOCOL = "kserve_v2"
 SERVER_NAME = "modelhost"
@@ -57,7 +57,7 @@ class KServeV2API:
 
     def _model(self, request: Request) -> ModelInfo:
         params = request.path_params
-        return self._state.engine.model(params["name"], params.get("version"))
+        return self._state.data.model(params["name"], params.get("version"))
 
     async def server_metadata(self, _: Request) -> Response:
         return json_response(
@@ -69,7 +69,7 @@ class KServeV2API:
         return json_response(
             {
                 "name": info.name,
-                "versions": self._state.engine.versions(info.name),
+                "versions": self._state.data.versions(info.name),
                 "platform": info.platform,
                 "inputs": tensor_metadata(info.inputs),
                 "outputs": tensor_metadata(info.outputs),
@@ -86,7 +86,9 @@ class KServeV2API:
 
     async def infer(self, request: Request) -> Response:
         with observed(self._state, PROTOCOL) as obs:
-            info = self._model(request)
+            params = request.path_params
+            route = self._state.data.resolve(params["name"], params.get("version"))
+            info = route.info
             obs.model, obs.version = info.name, info.version
             header = _one_header(request, _HEADER_LENGTH)
             kind = media_type(request)
@@ -98,8 +100,7 @@ class KServeV2API:
             header_length = _parse_header_length(header)
             body = await request.body()
             decoded = decode_request(body, header_length, info.inputs, info.outputs, self._limits)
-            ref = ModelRef(info.name, info.version)
-            result = await infer(self._state, request, ref, decoded.inputs, decoded.id)
+            result = await infer(self._state, request, route, decoded.inputs, decoded.id)
             payload, json_length = encode_response(
                 result.model_name,
                 result.model_version,

@@ -116,7 +116,7 @@ class ManagementAPI:
     async def list_models(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, _MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 2**31)
-        names = sorted({m.name for m in self._state.engine.models()})
+        names = sorted({m.name for m in self._state.data.models()})
         page = names[offset : offset + limit]
         following = offset + limit if offset + limit < len(names) else None
         return json_response({"models": page, "total": len(names), "next_offset": following})
@@ -125,20 +125,20 @@ class ManagementAPI:
         return json_response(self._describe(request.path_params["name"]))
 
     def _describe(self, name: str) -> dict[str, Any]:
-        engine = self._state.engine
+        data, control = self._state.data, self._state.control
         versions = []
-        for version in engine.versions(name):
-            info = engine.model(name, version)
+        for version in data.versions(name):
+            info = data.model(name, version)
+            busy = control.load_of(name, version)
             versions.append({
                 "version": version, "runtime": info.manifest.runtime, "device": info.device,
-                "instances": engine.instance_count(name, version),
-                "queue_depth": engine.queue_depth(name, version),
-                "in_flight": engine.in_flight(name, version), "status": "ready",
+                "instances": busy.instances, "queue_depth": busy.queue_depth,
+                "in_flight": busy.in_flight, "status": "ready", "scheduler": info.scheduler,
                 "max_batch_size": info.policy.max_batch_size, "sha256": info.sha256,
             })  # fmt: skip
         return {
-            "name": name, "default_version": engine.default_version(name),
-            "split": engine.split(name), "versions": versions,
+            "name": name, "default_version": control.default_version(name),
+            "split": control.split(name), "versions": versions,
         }  # fmt: skip
 
     async def _change(
@@ -157,7 +157,7 @@ class ManagementAPI:
         if self._registry is None:
             return result
         try:
-            served = self._state.engine.snapshot()
+            served = self._state.control.snapshot()
             await asyncio.to_thread(self._registry.commit, served, self._actor, action, target)
         except ModelhostError as exc:
             await undo(result)
@@ -178,15 +178,15 @@ class ManagementAPI:
             log.warning("could not audit the refused %s of %s: %s", action, target, exc.message)
 
     async def register(self, request: Request) -> Response:
-        engine = self._state.engine
+        data, control = self._state.data, self._state.control
 
         async def apply() -> _Loaded:
             uploaded = media_type(request) == "application/octet-stream"
             source = await self._source(request)
-            defaults = {m.name: engine.default_version(m.name) for m in engine.models()}
-            served = {(m.name, m.version) for m in engine.models()}
+            defaults = {m.name: control.default_version(m.name) for m in data.models()}
+            served = {(m.name, m.version) for m in data.models()}
             try:
-                info = await engine.load(source)
+                info = await control.load(source)
             except ModelhostError:
                 await self._forget(source, uploaded)
                 raise
@@ -201,9 +201,9 @@ class ManagementAPI:
         async def undo(loaded: _Loaded) -> None:
             if not loaded.fresh:
                 return  # it was served already: nothing changed
-            await engine.unload(loaded.name, loaded.version)
+            await control.unload(loaded.name, loaded.version)
             if loaded.previous_default is not None:
-                engine.set_default(loaded.name, loaded.previous_default)
+                control.set_default(loaded.name, loaded.previous_default)
             await self._forget(loaded.source, loaded.uploaded)
 
         return (await self._change("load", "models", apply, undo)).response
@@ -268,25 +268,25 @@ class ManagementAPI:
 
     async def set_default(self, request: Request) -> Response:
         name = request.path_params["name"]
-        engine = self._state.engine
+        control = self._state.control
         old: list[str] = []
 
         async def apply() -> Response:
             version = _json_object(await request.body()).get("version")
             if not isinstance(version, str):
                 raise InvalidInput('version must be a string, e.g. {"version": "2"}')
-            old.append(engine.default_version(name))
-            engine.set_default(name, version)
+            old.append(control.default_version(name))
+            control.set_default(name, version)
             return json_response(self._describe(name))
 
         async def undo(_: Response) -> None:
-            engine.set_default(name, old[0])
+            control.set_default(name, old[0])
 
         return await self._change("set_default", name, apply, undo)
 
     async def set_split(self, request: Request) -> Response:
         name = request.path_params["name"]
-        engine = self._state.engine
+        control = self._state.control
         old: list[dict[str, float]] = []
 
         async def apply() -> Response:
@@ -295,45 +295,45 @@ class ManagementAPI:
                 isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values()
             ):
                 raise InvalidInput('weights must map versions to numbers: {"1": 90, "2": 10}')
-            old.append(engine.split(name))
-            engine.set_split(name, {str(v): float(w) for v, w in weights.items()})
+            old.append(control.split(name))
+            control.set_split(name, {str(v): float(w) for v, w in weights.items()})
             return json_response(self._describe(name))
 
         async def undo(_: Response) -> None:
-            engine.set_split(name, old[0])
+            control.set_split(name, old[0])
 
         return await self._change("set_split", name, apply, undo)
 
     async def scale(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        engine = self._state.engine
+        control = self._state.control
         old: list[int] = []
 
         async def apply() -> Response:
             count = _json_object(await request.body()).get("instances")
             if not isinstance(count, int) or isinstance(count, bool):
                 raise InvalidInput('instances must be an integer, e.g. {"instances": 2}')
-            old.append(engine.instance_count(name, version))
-            await engine.scale(name, version, count)
+            old.append(control.load_of(name, version).instances)
+            await control.scale(name, version, count)
             return json_response(self._describe(name))
 
         async def undo(_: Response) -> None:
-            await engine.scale(name, version, old[0])
+            await control.scale(name, version, old[0])
 
         return await self._change("scale", f"{name}:{version}", apply, undo)
 
     async def unregister(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        engine = self._state.engine
+        control = self._state.control
 
         async def apply() -> Any:
-            return engine.detach(name, version)  # reversible until persisted
+            return control.detach(name, version)  # reversible until persisted
 
         async def undo(detached: Any) -> None:
-            engine.reattach(detached)
+            control.reattach(detached)
 
         detached = await self._change("unload", f"{name}:{version}", apply, undo)
-        await engine.drain(detached)
+        await control.drain(detached)
         return json_response({"unloaded": f"{name}:{version}"})
 
 

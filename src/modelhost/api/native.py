@@ -21,7 +21,7 @@ from modelhost.codecs.instances import decode_instances
 from modelhost.codecs.limits import DecodeLimits
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
-from modelhost.types import InferResult, ModelRef
+from modelhost.types import InferResult
 
 PROTOCOL = "native"
 
@@ -54,25 +54,26 @@ class NativeAPI:
         ]
 
     async def list_models(self, _: Request) -> Response:
-        names = sorted({m.name for m in self._state.engine.models()})
+        names = sorted({m.name for m in self._state.data.models()})
         return json_response({"models": names})
 
     async def describe(self, request: Request) -> Response:
-        engine = self._state.engine
-        info = engine.model(request.path_params["name"])
+        data = self._state.data
+        info = data.model(request.path_params["name"])
         return json_response(
             {
                 "name": info.name,
                 "ready": self._state.ready,
                 "default_version": info.version,
-                "versions": engine.versions(info.name),
+                "versions": data.versions(info.name),
             }
         )
 
     async def predict(self, request: Request) -> Response:
         with observed(self._state, PROTOCOL) as obs:
-            ref = ModelRef(request.path_params["name"], request.path_params.get("version"))
-            info = self._state.engine.model(ref.name, ref.version)
+            params = request.path_params
+            route = self._state.data.resolve(params["name"], params.get("version"))
+            info = route.info
             obs.model, obs.version = info.name, info.version
             kind = media_type(request)
             body = await request.body()
@@ -91,7 +92,7 @@ class NativeAPI:
                     f"Content-Type {kind or '(none)'!r} is not accepted; send application/json "
                     "instances or image/png or image/jpeg bytes"
                 )
-            result = await infer(self._state, request, ModelRef(info.name, info.version), inputs)
+            result = await infer(self._state, request, route, inputs)
             return json_response(
                 {"predictions": predictions(info, result)},
                 headers={"X-Model-Version": result.model_version},

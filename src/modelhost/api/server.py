@@ -33,7 +33,7 @@ from modelhost.config import Settings
 from modelhost.errors import ConfigError
 from modelhost.home import prepare_home
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving import ArchiveSource, Engine, ModelInfo
+from modelhost.serving import ArchiveSource, ControlPlane, Engine, ModelInfo, engine_config
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 log = logging.getLogger("modelhost.api")
@@ -106,7 +106,7 @@ async def serve_async(
     on_listening: Callable[[str], None] | None = None,
     on_management: Callable[[str, Path], None] | None = None,
     registry: RegistryPort | None = None,
-    after_load: Callable[[Engine], Awaitable[None]] | None = None,
+    after_load: Callable[[ControlPlane], Awaitable[None]] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> None:
     """Load ``archives``, serve until a signal, then drain. Load errors raise before any
@@ -136,15 +136,17 @@ async def serve_async(
     sock = bind(settings.host, settings.port)
     msock = bind(settings.management_host, settings.management_port) if manage else None
     state = ServerState(settings=settings, metrics=Metrics(__version__))
-    async with Engine.open(settings, state.metrics) as engine:
+    async with Engine.open(engine_config(settings), state.metrics) as engine:
         for source in archives:
-            info = await engine.load(source)
+            info = await engine.control.load(
+                ArchiveSource(source) if isinstance(source, Path) else source
+            )
             if on_loaded is not None:
                 on_loaded(info)
         if after_load is not None:
-            await after_load(engine)
+            await after_load(engine.control)
         if registry is not None:
-            await asyncio.to_thread(registry.started, engine.snapshot())
+            await asyncio.to_thread(registry.started, engine.control.snapshot())
         state.engine_ = engine
         # Everything loaded so far lives as long as the server: move it out of the
         # collector's sight. Without this, full collections over the model objects paused

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from modelhost.config import Settings
 from modelhost.errors import ModelNotReady
 from modelhost.monitor.metrics import Metrics
-from modelhost.serving import Engine
+from modelhost.serving import ControlPlane, DataPlane, Engine
 
 
 @dataclass(slots=True)
@@ -26,6 +26,16 @@ class ServerState:
         if self.engine_ is None:
             raise ModelNotReady("the server is still loading its models")
         return self.engine_
+
+    @property
+    def data(self) -> DataPlane:
+        """Resolve and infer. Raises ModelNotReady before start-up has finished."""
+        return self.engine.data
+
+    @property
+    def control(self) -> ControlPlane:
+        """Load, unload, route, scale. Raises ModelNotReady before start-up has finished."""
+        return self.engine.control
 
     @property
     def ready(self) -> bool:

@@ -107,6 +107,8 @@ class ModelSpec(_Strict):
     preprocessing: ImagePreprocessing | None = None
     postprocessing: ClassificationPostprocessing | None = None
     batching: Batching = Batching()
+    # How requests become model calls (serving/scheduler.py): "dynamic" batches requests.
+    scheduler: str = Field("dynamic", pattern=r"^[a-z][a-z0-9_]{0,31}$")
     device: str = "auto"
     runtime_config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -129,14 +129,14 @@ def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
             for s in served
         ]
 
-    async def restore(engine: Any) -> None:
+    async def restore(control: Any) -> None:
         for s in served:
             if s.instances > 1:
-                await engine.scale(s.model, s.version, s.instances)
+                await control.scale(s.model, s.version, s.instances)
         for name in sorted({s.model for s in served}):
             weights = {s.version: s.weight for s in served if s.model == name and s.weight > 0}
             if weights:
-                engine.set_split(name, weights)
+                control.set_split(name, weights)
 
     return sources, restore
 

@@ -1,5 +1,22 @@
-"""The serving engine: batching, instances, versions. No HTTP in here."""
+"""The serving core: data plane, control plane, schedulers, instances. No HTTP in here."""
 
-from modelhost.serving.engine import ArchiveSource, Engine, ModelInfo, VersionState
+from modelhost.serving.config import EngineConfig, engine_config
+from modelhost.serving.controlplane import ControlPlane
+from modelhost.serving.dataplane import DataPlane, Route
+from modelhost.serving.engine import Engine
+from modelhost.serving.manager import Detached
+from modelhost.serving.served import ArchiveSource, ModelInfo, VersionLoad, VersionState
 
-__all__ = ["ArchiveSource", "Engine", "ModelInfo", "VersionState"]
+__all__ = [
+    "ArchiveSource",
+    "ControlPlane",
+    "DataPlane",
+    "Detached",
+    "Engine",
+    "EngineConfig",
+    "ModelInfo",
+    "Route",
+    "VersionLoad",
+    "VersionState",
+    "engine_config",
+]

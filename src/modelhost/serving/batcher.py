@@ -1,4 +1,4 @@
-"""Dynamic batching for one model version.
+"""The ``dynamic`` scheduler: request-level batching for one model version.
 
     submit() ──► deque (bounded: Overloaded when full)
                    │
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ from modelhost.serving.policy import (
     retry_after_s,
     should_close_batch,
 )
+from modelhost.serving.served import ModelInfo
 from modelhost.types import InferRequest, InferResult
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
@@ -139,6 +140,10 @@ class Batcher:
         future.add_done_callback(self._on_done)
         self._arrived.set()
         return future
+
+    async def stream(self, request: InferRequest, items: int) -> AsyncIterator[InferResult]:
+        """The whole answer as one chunk (request batching has no partial answers)."""
+        yield await self.submit(request, items)
 
     def _on_done(self, _: asyncio.Future[InferResult]) -> None:
         self._in_flight -= 1
@@ -308,3 +313,8 @@ def _concatenate(batch: list[Pending]) -> dict[str, np.ndarray]:
         return dict(batch[0].request.inputs)
     names = batch[0].request.inputs.keys()
     return {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}
+
+
+def build(info: ModelInfo, instances: list[ModelInstance], metrics: ModelMetrics) -> Batcher:
+    """The scheduler factory of ``dynamic`` (see ``serving/scheduler.py``)."""
+    return Batcher(info.name, info.version, instances, info.policy, metrics)

@@ -1,9 +1,12 @@
-"""ModelManager: load archives into instances + a batcher, look models up, unload."""
+"""ModelManager: the served state (versions, defaults, splits) and the load gate.
+
+The data plane (``dataplane.py``) reads it; the control plane (``controlplane.py``)
+changes it. It receives a :class:`Loader` and an :class:`EngineConfig`, not the settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import tempfile
@@ -13,71 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelhost.archive.manifest import Manifest
-from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive
-from modelhost.config import Settings
-from modelhost.errors import ArchiveError, Conflict, InvalidInput, ModelNotFound, UntrustedCode
+from modelhost.archive.open import OpenedArchive
+from modelhost.errors import ArchiveError, Conflict, InvalidInput, ModelNotFound
 from modelhost.monitor.metrics import Metrics
-from modelhost.runtimes.base import LoadOptions, Predictor, Runtime
-from modelhost.runtimes.registry import PLATFORMS, get_runtime, runs_code
-from modelhost.serving.batcher import Batcher
+from modelhost.runtimes.registry import PLATFORMS
+from modelhost.serving.config import EngineConfig
 from modelhost.serving.instance import ModelInstance
-from modelhost.serving.policy import BatchPolicy, pick_version, torch_threads
-from modelhost.serving.warmup import specs_of, warm_up
-from modelhost.types import ModelRef, TensorSpec
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What frontends may know of a loaded model version (all computed at load)."""
-
-    name: str
-    version: str
-    manifest: Manifest
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    platform: str
-    device: str
-    instances: int
-    policy: BatchPolicy
-    load_s: float
-    warmup_s: float
-    sha256: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveSource:
-    """What to load: an archive, optionally under another identity (the registry's number).
-
-    ``default``: True makes it the name's default version; False only when the name has no
-    default yet (the first version loaded of a name is its default). ``sha256``: the
-    archive's digest as the registry recorded it; loading refuses any other bytes.
-    """
-
-    path: Path
-    ref: ModelRef | None = None
-    default: bool = False
-    origin: str = "file"  # "file", "registry" or "upload": only registry ones are restorable
-    sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class VersionState:
-    """How one loaded version is served now (what a restart must restore)."""
-
-    name: str
-    version: str
-    origin: str
-    is_default: bool
-    weight: float
-    instances: int
+from modelhost.serving.loader import LoadedPredictor, Loader, batch_policy
+from modelhost.serving.policy import pick_version
+from modelhost.serving.scheduler import Scheduler, scheduler_factory
+from modelhost.serving.served import ArchiveSource, ModelInfo, VersionLoad, VersionState
+from modelhost.serving.warmup import specs_of
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A model version being served: its description, its batcher, its extracted files."""
+    """A model version being served: its description, its scheduler, its extracted files."""
 
     info: ModelInfo
-    batcher: Batcher
+    scheduler: Scheduler
     new_instance: Callable[[], ModelInstance]
     source: ArchiveSource
     root: Path
@@ -90,33 +47,6 @@ class Detached:
     model: LoadedModel
     default: str | None
     split: tuple[tuple[str, float], ...] | None
-
-
-def batch_policy(manifest: Manifest, settings: Settings) -> BatchPolicy:
-    """The archive's batching defaults with the server settings' overrides applied."""
-    b = manifest.batching
-    return BatchPolicy(
-        max_batch_size=settings.max_batch_size or b.max_batch_size,
-        max_batch_delay_s=(
-            settings.max_batch_delay_ms
-            if settings.max_batch_delay_ms is not None
-            else b.max_batch_delay_ms
-        )
-        / 1000.0,
-        max_queue=settings.max_queue or b.max_queue,
-        max_batch_elements=settings.max_batch_elements,
-    )
-
-
-def load_options(settings: Settings, manifest: Manifest) -> LoadOptions:
-    """How the server loads ``manifest``: device and thread counts after its policies."""
-    return LoadOptions(
-        device=settings.device if settings.device != "auto" else manifest.device,
-        torch_threads=torch_threads(
-            settings.torch_threads, len(os.sched_getaffinity(0)), settings.instances
-        ),
-        onnx_intra_op_threads=settings.onnx_intra_op_threads,
-    )
 
 
 def _version_order(version: str) -> tuple[int, int | str]:
@@ -141,33 +71,30 @@ def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
 
 
 class ModelManager:
-    """Holds every loaded model version; the default version of each name."""
+    """Holds every loaded model version; the default version and split of each name."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self._settings = settings
+    def __init__(self, loader: Loader, config: EngineConfig, metrics: Metrics) -> None:
+        self._loader = loader
+        self._config = config
         self._metrics = metrics
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._default: dict[str, str] = {}
         self._split: dict[str, tuple[tuple[str, float], ...]] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="modelhost-"))
-        self._limits = ArchiveLimits(
-            max_member_bytes=settings.max_archive_member_bytes,
-            max_total_bytes=settings.max_archive_total_bytes,
-        )
 
     async def load(self, source: ArchiveSource) -> ModelInfo:
-        """Open, verify, load ``settings.instances`` instances, warm up, start batching.
+        """Open, verify, load ``config.instances`` instances, warm up, start scheduling.
 
         The one gate every archive passes (file, registry, upload): digests, the
-        registry's digest when it recorded one, the trust model, the signature.
-        Loading a ``name:version`` already served with the same bytes changes nothing;
-        with other bytes it is refused. On failure nothing stays behind.
+        registry's digest when it recorded one, the trust model, the scheduler name, the
+        signature. Loading a ``name:version`` already served with the same bytes changes
+        nothing; with other bytes it is refused. On failure nothing stays behind.
 
         Raises:
-            ArchiveError: unsafe, broken or tampered archive, or a model that does not
-                keep its manifest's signature. UntrustedCode: the format runs code and
-                ``trust_code`` is off. Conflict: the name:version is served with other
-                bytes. ConfigError: runtime missing.
+            ArchiveError: unsafe, broken or tampered archive, an unknown scheduler, or a
+                model that does not keep its manifest's signature. UntrustedCode: the
+                format runs code and ``trust_code`` is off. Conflict: the name:version is
+                served with other bytes. ConfigError: runtime missing.
         """
         into = Path(tempfile.mkdtemp(dir=self._workdir))
         try:
@@ -181,28 +108,20 @@ class ModelManager:
 
     async def _load(self, source: ArchiveSource, into: Path) -> LoadedModel:
         start = time.perf_counter()
-        opened = await asyncio.to_thread(open_archive, source.path, into, self._limits)
+        opened = await asyncio.to_thread(self._loader.open, source.path, into)
         manifest = _identity(opened, source)
         same = self._check_identity(manifest, opened.sha256)
         if same is not None:
             return same
-        if runs_code(manifest.runtime) and not self._settings.trust_code:
-            raise UntrustedCode(
-                f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive, which "
-                "runs code of its author when loaded; serve it with --trust-code "
-                "(MODELHOST_TRUST_CODE=1) if you trust its author, or export it to ONNX"
+        self._loader.check_trust(manifest)
+        factory = scheduler_factory(manifest.scheduler)
+        policy = batch_policy(manifest, self._config)
+        loaded: list[LoadedPredictor] = []
+        for _ in range(self._config.instances):
+            loaded.append(
+                await asyncio.to_thread(self._loader.predictor, opened.root, manifest, policy)
             )
-        runtime = get_runtime(manifest.runtime)
-        options = load_options(self._settings, manifest)
-        policy = batch_policy(manifest, self._settings)
-        predictors: list[Predictor] = []
-        warmup_s = 0.0
-        for _ in range(self._settings.instances):
-            predictor = await asyncio.to_thread(runtime.load, opened.root, manifest, options)
-            predictors.append(predictor)
-            warm_start = time.perf_counter()
-            await asyncio.to_thread(self._warm_up, predictor, manifest, policy)
-            warmup_s += time.perf_counter() - warm_start
+        warmup_s = sum(p.warmup_s for p in loaded)
         info = ModelInfo(
             name=manifest.name,
             version=manifest.version,
@@ -210,20 +129,33 @@ class ModelManager:
             inputs=specs_of(manifest.inputs),
             outputs=specs_of(manifest.outputs),
             platform=PLATFORMS.get(manifest.runtime, manifest.runtime),
-            device=predictors[0].device,
-            instances=len(predictors),
+            device=loaded[0].predictor.device,
+            instances=len(loaded),
             policy=policy,
             load_s=time.perf_counter() - start - warmup_s,
             warmup_s=warmup_s,
             sha256=opened.sha256,
+            scheduler=manifest.scheduler,
         )
         same = self._check_identity(manifest, opened.sha256)  # another load may have won
         if same is not None:
             return same
-        return self._install(info, predictors, runtime, options, source, opened.root)
+        label = f"{info.name}-{info.version}"
+        loader, root = self._loader, opened.root
 
-    def _warm_up(self, predictor: Predictor, manifest: Manifest, policy: BatchPolicy) -> None:
-        warm_up(predictor, manifest, policy, self._settings.warmup_max_elements)
+        def new_instance() -> ModelInstance:  # blocking: load + warm up, for scaling out
+            return ModelInstance(loader.predictor(root, manifest, policy).predictor, label)
+
+        model_metrics = self._metrics.for_model(info.name, info.version)
+        instances = [ModelInstance(p.predictor, label) for p in loaded]
+        scheduler = factory(info, instances, model_metrics)
+        scheduler.start()
+        model = LoadedModel(info, scheduler, new_instance, source, root)
+        self._models.setdefault(info.name, {})[info.version] = model
+        if source.default or info.name not in self._default:
+            self._default[info.name] = info.version
+        model_metrics.ready.set(1)
+        return model
 
     def _check_identity(self, manifest: Manifest, sha256: str) -> LoadedModel | None:
         """The loaded model when ``name:version`` is served with these bytes already.
@@ -242,47 +174,33 @@ class ModelManager:
             )
         return current
 
-    def _install(
-        self,
-        info: ModelInfo,
-        predictors: list[Predictor],
-        runtime: Runtime,
-        options: LoadOptions,
-        source: ArchiveSource,
-        root: Path,
-    ) -> LoadedModel:
-        label = f"{info.name}-{info.version}"
-        manifest, policy = info.manifest, info.policy
-
-        def new_instance() -> ModelInstance:  # blocking: load + warm up, for scaling out
-            predictor = runtime.load(root, manifest, options)
-            self._warm_up(predictor, manifest, policy)
-            return ModelInstance(predictor, label)
-
-        model_metrics = self._metrics.for_model(info.name, info.version)
-        instances = [ModelInstance(p, label) for p in predictors]
-        batcher = Batcher(info.name, info.version, instances, policy, model_metrics)
-        batcher.start()
-        loaded = LoadedModel(info, batcher, new_instance, source, root)
-        self._models.setdefault(info.name, {})[info.version] = loaded
-        if source.default or info.name not in self._default:
-            self._default[info.name] = info.version
-        model_metrics.ready.set(1)
-        return loaded
-
     def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The loaded model ``name`` at ``version`` (default version when ``None``).
+        """The loaded model ``name`` at ``version`` (the default version when ``None``).
+
+        Never random: this is what reads (metadata, describe) see. Requests are routed
+        by :meth:`route`, where a traffic split applies.
 
         Raises:
             ModelNotFound: no such model or version is loaded.
         """
+        return self._pick(name, version, split=False)
+
+    def route(self, name: str, version: str | None = None) -> LoadedModel:
+        """The version that answers a request: pinned, else drawn by the split, else default.
+
+        Raises:
+            ModelNotFound: no such model or version is loaded.
+        """
+        return self._pick(name, version, split=True)
+
+    def _pick(self, name: str, version: str | None, split: bool) -> LoadedModel:
         versions = self._models.get(name)
         if not versions:
             known = ", ".join(sorted(self._models)) or "none"
             raise ModelNotFound(f"model {name!r} is not loaded (loaded: {known})")
         if version is not None:
             chosen = version
-        elif name in self._split:
+        elif split and name in self._split:
             chosen = pick_version(self._split[name], random.random())
         else:
             chosen = self._default[name]
@@ -293,6 +211,11 @@ class ModelManager:
             )
         return model
 
+    def load_of(self, name: str, version: str) -> VersionLoad:
+        """Instances, queue depth and requests in flight of a loaded version."""
+        s = self.get(name, version).scheduler
+        return VersionLoad(s.instance_count, s.queue_depth, s.in_flight)
+
     def snapshot(self) -> list[VersionState]:
         """Every loaded version with its routing (default, split weight) and scale."""
         return [
@@ -302,7 +225,7 @@ class ModelManager:
                 origin=m.source.origin,
                 is_default=self._default.get(m.info.name) == m.info.version,
                 weight=dict(self._split.get(m.info.name, ())).get(m.info.version, 0.0),
-                instances=m.batcher.instance_count,
+                instances=m.scheduler.instance_count,
             )
             for m in self.all()
         ]
@@ -352,11 +275,11 @@ class ModelManager:
         if not 1 <= instances <= 64:
             raise InvalidInput(f"instances must be between 1 and 64, got {instances}")
         model = self.get(name, version)
-        while model.batcher.instance_count < instances:
-            model.batcher.add_instance(await asyncio.to_thread(model.new_instance))
-        while model.batcher.instance_count > instances:
-            await model.batcher.remove_instance()
-        return model.batcher.instance_count
+        while model.scheduler.instance_count < instances:
+            model.scheduler.add_instance(await asyncio.to_thread(model.new_instance))
+        while model.scheduler.instance_count > instances:
+            await model.scheduler.remove_instance()
+        return model.scheduler.instance_count
 
     async def unload(self, name: str, version: str) -> None:
         """Stop routing to ``name:version``, finish what it accepted, stop its workers.
@@ -403,7 +326,7 @@ class ModelManager:
 
     async def drain(self, detached: Detached) -> None:
         """Finish what a detached version accepted, stop its workers, remove its files."""
-        await detached.model.batcher.close(self._settings.drain_timeout_s)
+        await detached.model.scheduler.close(self._config.drain_timeout_s)
         shutil.rmtree(detached.model.root, ignore_errors=True)
 
     def all(self) -> list[LoadedModel]:
@@ -415,9 +338,9 @@ class ModelManager:
         return sorted(self._models.get(name, {}))
 
     async def close(self) -> None:
-        """Drain every batcher, stop every worker, remove extracted files."""
+        """Drain every scheduler, stop every worker, remove extracted files."""
         for model in self.all():
             self._metrics.for_model(model.info.name, model.info.version).ready.set(0)
-            await model.batcher.close(self._settings.drain_timeout_s)
+            await model.scheduler.close(self._config.drain_timeout_s)
         self._models.clear()
         shutil.rmtree(self._workdir, ignore_errors=True)

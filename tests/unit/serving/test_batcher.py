@@ -12,7 +12,7 @@ from modelhost.monitor.metrics import Metrics
 from modelhost.serving.batcher import Batcher
 from modelhost.serving.instance import ModelInstance
 from modelhost.serving.policy import BatchPolicy
-from modelhost.types import InferRequest, ModelRef
+from modelhost.types import InferRequest
 
 WAIT_S = 5.0
 
@@ -116,7 +116,7 @@ def _req(rows, start, width=2, deadline_s=None, rid=None):
     """``rows`` x ``width`` float32 values start, start+1, ... (so each request is findable)."""
     x = np.arange(start, start + rows * width, dtype=np.float32).reshape(rows, width)
     deadline = time.monotonic() + 30 if deadline_s is None else deadline_s
-    return InferRequest(ModelRef("m", "1"), {"x": x}, deadline, id=rid)
+    return InferRequest({"x": x}, deadline, id=rid)
 
 
 def _check(result, request):

@@ -1,0 +1,94 @@
+"""Loader: archive bytes -> verified files -> warmed-up predictors, under the trust model.
+
+The manager decides what is served; the loader only turns one archive into predictors. It
+holds the archive limits, the trust flag and the device and thread policy, so that every
+load (start-up, management, scale-out, a worker process) applies the same ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelhost.archive.manifest import Manifest
+from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive
+from modelhost.errors import UntrustedCode
+from modelhost.runtimes.base import LoadOptions, Predictor
+from modelhost.runtimes.registry import get_runtime, runs_code
+from modelhost.serving.config import EngineConfig
+from modelhost.serving.policy import BatchPolicy
+from modelhost.serving.warmup import warm_up
+
+
+def batch_policy(manifest: Manifest, config: EngineConfig) -> BatchPolicy:
+    """The archive's batching defaults with the server's overrides applied."""
+    b = manifest.batching
+    delay_ms = (
+        b.max_batch_delay_ms if config.max_batch_delay_ms is None else config.max_batch_delay_ms
+    )
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size or b.max_batch_size,
+        max_batch_delay_s=delay_ms / 1000.0,
+        max_queue=config.max_queue or b.max_queue,
+        max_batch_elements=config.max_batch_elements,
+    )
+
+
+def load_options(config: EngineConfig, manifest: Manifest) -> LoadOptions:
+    """How ``manifest`` is loaded: its device unless the server names one, thread counts."""
+    return LoadOptions(
+        device=config.device if config.device != "auto" else manifest.device,
+        torch_threads=config.torch_threads,
+        onnx_intra_op_threads=config.onnx_intra_op_threads,
+        onnx_inter_op_threads=config.onnx_inter_op_threads,
+        onnx_allow_spinning=config.onnx_allow_spinning,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPredictor:
+    """A warmed-up predictor and what its load and warm-up took."""
+
+    predictor: Predictor
+    load_s: float
+    warmup_s: float
+
+
+class Loader:
+    """Opens archives and loads warmed-up predictors (blocking calls: run them in threads)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._limits = ArchiveLimits(
+            max_member_bytes=config.max_archive_member_bytes,
+            max_total_bytes=config.max_archive_total_bytes,
+        )
+
+    def open(self, path: Path, into: Path) -> OpenedArchive:
+        """Verify and extract an archive (digests, paths, sizes). Raises ArchiveError."""
+        return open_archive(path, into, self._limits)
+
+    def check_trust(self, manifest: Manifest) -> None:
+        """Raises UntrustedCode when the format runs code and ``trust_code`` is off."""
+        if runs_code(manifest.runtime) and not self.config.trust_code:
+            raise UntrustedCode(
+                f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive, which "
+                "runs code of its author when loaded; serve it with --trust-code "
+                "(MODELHOST_TRUST_CODE=1) if you trust its author, or export it to ONNX"
+            )
+
+    def predictor(self, root: Path, manifest: Manifest, policy: BatchPolicy) -> LoadedPredictor:
+        """Load one predictor of an opened archive and warm it up.
+
+        Raises:
+            ArchiveError: the model does not keep its manifest's signature. ConfigError:
+                the runtime's framework is not installed.
+        """
+        self.check_trust(manifest)
+        runtime = get_runtime(manifest.runtime)
+        start = time.perf_counter()
+        predictor = runtime.load(root, manifest, load_options(self.config, manifest))
+        loaded = time.perf_counter()
+        warm_up(predictor, manifest, policy, self.config.warmup_max_elements)
+        return LoadedPredictor(predictor, loaded - start, time.perf_counter() - loaded)
