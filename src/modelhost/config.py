@@ -161,6 +161,41 @@ class Settings(BaseSettings):
         description="tensor elements of the largest warm-up batch at load "
         "(rows = min(max_batch_size, this / elements per item))",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="front processes accepting HTTP on the same port (0 = auto: see README "
+        "'Worker processes')",
+    )
+    placement: Literal["per-worker", "shared"] = Field(
+        "per-worker",
+        description="where a model lives with several workers: a copy in each worker, or one "
+        "engine process per device that batches across workers",
+    )
+    codec_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="threads that decode and encode large payloads off the event loop "
+        "(0 = auto: min(4, cores))",
+    )
+    max_codec_queue: int = Field(
+        256,
+        ge=1,
+        description="payloads waiting for a codec thread; more get 503 + Retry-After",
+    )
+    codec_offload_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="bodies (and answers) larger than this decode (encode) in a codec thread; "
+        "smaller ones inline, where the thread hop would cost more than the work",
+    )
+    codec_offload_pixels: int = Field(
+        256 * 1024,
+        ge=0,
+        description="images declaring more pixels than this decode in a codec thread",
+    )
     db_lock_timeout_s: float = Field(
         10.0,
         ge=0,
