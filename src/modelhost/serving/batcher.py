@@ -18,8 +18,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from modelhost.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
 from modelhost.monitor.metrics import ModelMetrics
 from modelhost.serving.instance import Computed, ModelInstance
@@ -254,8 +252,8 @@ class Batcher:
         run each alone, so one request the model cannot take fails only itself."""
         start = self._clock()
         try:
-            computed = await instance.predict(_concatenate(live))
-            _check_rows(computed.outputs, sum(p.items for p in live))
+            parts = [p.request.inputs for p in live]
+            computed = await instance.predict(parts, sum(p.items for p in live))
         except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to its callers
             if len(live) > 1:
                 for pending in live:
@@ -296,23 +294,6 @@ class Batcher:
                     )
                 )
             offset = end_row
-
-
-def _check_rows(outputs: dict[str, np.ndarray], rows: int) -> None:
-    # Rows are split back by position: a model answering another row count would hand
-    # requests each other's answers.
-    for name, value in outputs.items():
-        if value.ndim == 0 or value.shape[0] != rows:
-            raise ValueError(
-                f"output {name!r} has shape {list(value.shape)} for a batch of {rows} rows"
-            )
-
-
-def _concatenate(batch: list[Pending]) -> dict[str, np.ndarray]:
-    if len(batch) == 1:
-        return dict(batch[0].request.inputs)
-    names = batch[0].request.inputs.keys()
-    return {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}
 
 
 def build(info: ModelInfo, instances: list[ModelInstance], metrics: ModelMetrics) -> Batcher:
