@@ -48,18 +48,24 @@ def test_slow_model_answers_correctly(tmp_path: Path) -> None:
 
 
 async def test_requests_of_clients_that_left_are_never_computed(tmp_path: Path) -> None:
-    archive = slow_archive(tmp_path, delay_s=0.6, batching=Batching(max_batch_size=1))
+    gate = tmp_path / "gate"  # the busy request computes until the test creates this file
+    archive = slow_archive(tmp_path, delay_s=0.0, gate=gate, batching=Batching(max_batch_size=1))
     with running_server(archive, args=("--trust-code",)) as srv:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=60) as client:
             busy = asyncio.create_task(post(client, srv.url, 1.0))
             # accepted and taken by the batcher (queue empty): the instance is computing it
             await asyncio.to_thread(srv.wait_for_metric, IN_FLIGHT, 1.0, model="slow")
             await asyncio.to_thread(srv.wait_for_metric, PENDING, 0.0, model="slow")
-            async with httpx.AsyncClient(timeout=0.2) as impatient:
-                gone = await asyncio.gather(
-                    *(post(impatient, srv.url, 9.0) for _ in range(5)), return_exceptions=True
-                )
-            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            async with httpx.AsyncClient(timeout=60) as impatient:
+                leaving = [asyncio.create_task(post(impatient, srv.url, 9.0)) for _ in range(5)]
+                await asyncio.to_thread(srv.wait_for_metric, PENDING, 5.0, model="slow")
+                for task in leaving:  # the clients leave while their requests are queued
+                    task.cancel()
+                gone = await asyncio.gather(*leaving, return_exceptions=True)
+            assert all(isinstance(g, asyncio.CancelledError) for g in gone)
+            # the server saw them leave: only the busy request is still accepted
+            await asyncio.to_thread(srv.wait_for_metric, IN_FLIGHT, 1.0, model="slow")
+            gate.touch()
             assert (await busy).status_code == 200
             # One batch at a time, first come first served: a wrongly kept request of the
             # clients that left would be computed before this one.

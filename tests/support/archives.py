@@ -10,26 +10,41 @@ from modelhost.archive.open import open_archive
 from modelhost.archive.pack import write_archive
 
 SLOW_MODEL = '''
+import os
 import time
 import torch
 
 
 class Slow(torch.nn.Module):
-    """Doubles its input after sleeping ``delay_s``: a stand-in for a heavy model."""
+    """Doubles its input after sleeping ``delay_s``: a stand-in for a heavy model.
 
-    def __init__(self, delay_s: float = 0.3):
+    With a ``gate`` file, a batch whose first value is 1.0 waits until that file exists
+    (at most a minute), so that a test decides when the model answers.
+    """
+
+    def __init__(self, delay_s: float = 0.3, gate: str = ""):
         super().__init__()
         self.delay_s = delay_s
+        self.gate = gate
         self.scale = torch.nn.Parameter(torch.tensor(2.0))
 
     def forward(self, x):
+        if self.gate and float(x.flatten()[0]) == 1.0:
+            give_up = time.monotonic() + 60.0
+            while not os.path.exists(self.gate) and time.monotonic() < give_up:
+                time.sleep(0.005)
         time.sleep(self.delay_s)
         return x * self.scale
 '''
 
 
-def slow_archive(tmp: Path, *, delay_s: float, batching: Batching | None = None) -> Path:
-    """A torch archive whose forward sleeps ``delay_s`` per batch; input x (-1, 4) float32."""
+def slow_archive(
+    tmp: Path, *, delay_s: float, batching: Batching | None = None, gate: Path | None = None
+) -> Path:
+    """A torch archive whose forward sleeps ``delay_s`` per batch; input x (-1, 4) float32.
+
+    ``gate``: a batch starting with 1.0 waits until this file exists (see SLOW_MODEL).
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -46,7 +61,7 @@ def slow_archive(tmp: Path, *, delay_s: float, batching: Batching | None = None)
             "module_file": "model.py",
             "class_name": "Slow",
             "weights_file": "weights.safetensors",
-            "init_kwargs": {"delay_s": delay_s},
+            "init_kwargs": {"delay_s": delay_s, "gate": str(gate or "")},
         },
     )
     files = {"model.py": tmp / "model.py", "weights.safetensors": tmp / "weights.safetensors"}
