@@ -98,7 +98,7 @@ def test_kserve_v2_health_metadata_and_ready(server) -> None:
     for path in ("/v2", "/v2/"):
         meta = httpx.get(server.url + path).json()
         assert meta["name"] == "modelhost"
-        assert meta["extensions"] == ["binary_tensor_data"]
+        assert meta["extensions"] == ["binary_tensor_data", "classification"]
     for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
         meta = httpx.get(server.url + path).json()
         assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]

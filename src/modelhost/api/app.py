@@ -10,11 +10,12 @@ from starlette.responses import Response
 from modelhost import __version__
 from modelhost.api.auth import BearerAuth
 from modelhost.api.health import HealthAPI
-from modelhost.api.inference import ClientDisconnected
+from modelhost.api.inference import ClientDisconnected, TaskCodecs
 from modelhost.api.kserve_v2 import KServeV2API
 from modelhost.api.metrics import MetricsAPI
 from modelhost.api.middleware import BodyLimit
 from modelhost.api.native import NativeAPI
+from modelhost.api.offload import CodecPool
 from modelhost.api.openapi import OpenAPIDocumentAPI
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.state import ServerState
@@ -59,11 +60,12 @@ def build_app(state: ServerState) -> Starlette:
 
     Until ``state.engine_`` is set, inference answers 503 and readiness is false.
     """
-    limits = decode_limits(state.settings)
+    codecs = TaskCodecs(decode_limits(state.settings))
+    pool = CodecPool.from_settings(state.settings, state.metrics.codec)
     routes = [
         *HealthAPI(state).routes(),
-        *KServeV2API(state, __version__, limits).routes(),
-        *NativeAPI(state, limits).routes(),
+        *KServeV2API(state, __version__, codecs, pool).routes(),
+        *NativeAPI(state, codecs, pool).routes(),
         *MetricsAPI(state.metrics).routes(),
         *OpenAPIDocumentAPI(__version__).routes(),
     ]

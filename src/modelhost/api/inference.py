@@ -1,13 +1,13 @@
-"""The call every inference route makes: the data plane's infer, raced against the client
-leaving.
-
-Also records the per-request metrics (count by status code, duration) in one place.
+"""What every inference route shares: the data plane's infer, raced against the client
+leaving; the task codec of the version that answers; the per-request metrics (count by
+status code, duration), recorded in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,12 +17,41 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from modelhost.api.state import ServerState
+from modelhost.codecs.limits import DecodeLimits
+from modelhost.codecs.task import TaskCodec
 from modelhost.errors import ModelhostError
-from modelhost.serving import Route
+from modelhost.serving import ModelInfo, Route
 from modelhost.types import InferRequest, InferResult
 
 # Status nginx and others log for "client closed the request"; never sent on the wire.
 CLIENT_CLOSED = 499
+
+
+class TaskCodecs:
+    """The :class:`TaskCodec` of each loaded model version, built on its first request.
+
+    Kept here, not in ``serving/`` (which knows no codec), by ``(name, version, sha256)``;
+    the least recently used is dropped past ``max_versions``. Used on the event loop only.
+    """
+
+    def __init__(self, limits: DecodeLimits, max_versions: int = 256) -> None:
+        self._limits = limits
+        self._max_versions = max_versions
+        self._codecs: OrderedDict[tuple[str, str, str], TaskCodec] = OrderedDict()
+
+    def of(self, info: ModelInfo) -> TaskCodec:
+        """The codec of the version ``info`` describes."""
+        key = (info.name, info.version, info.sha256)
+        codec = self._codecs.get(key)
+        # Same key, other signature object: the version was loaded again since; rebuild.
+        if codec is None or codec.inputs is not info.inputs:
+            codec = TaskCodec.for_manifest(info.manifest, info.inputs, info.outputs, self._limits)
+            self._codecs[key] = codec
+            if len(self._codecs) > self._max_versions:
+                self._codecs.popitem(last=False)
+        else:
+            self._codecs.move_to_end(key)
+        return codec
 
 
 class ClientDisconnected(Exception):

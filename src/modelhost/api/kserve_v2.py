@@ -1,25 +1,32 @@
-"""Open Inference Protocol v2 (KServe v2) REST routes."""
+"""Open Inference Protocol v2 (KServe v2) REST routes: the envelope only.
+
+Tensors decode through the model's task codec; outputs are the model's raw tensors unless a
+requested output asks for ``"parameters": {"classification": k}`` (Triton's classification
+extension): then its top k per row, as ``"value:index[:label]"`` strings.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelhost.api.inference import infer, observed
+from modelhost.api.inference import TaskCodecs, infer, observed
+from modelhost.api.offload import CodecPool, outputs_bytes
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
-from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, decode_request, encode_response
-from modelhost.codecs.limits import DecodeLimits
+from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, V2Request, encode_response
+from modelhost.codecs.task import TaskCodec
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 from modelhost.serving import ModelInfo
-from modelhost.types import TensorSpec
+from modelhost.types import InferResult, TensorSpec
 
 PROTOCOL = "kserve_v2"
 SERVER_NAME = "modelhost"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
 _HEADER_LENGTH = "inference-header-content-length"
 _MAX_HEADER_DIGITS = 19  # any larger count is past every body limit
 _JSON_TYPES = frozenset({"", "application/json"})
@@ -33,13 +40,31 @@ def tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     ]
 
 
+def encode_result(
+    codec: TaskCodec, result: InferResult, request: V2Request
+) -> tuple[bytes, int | None]:
+    """The response body (and its JSON part's length when binary outputs follow) for the
+    outputs ``request`` asked for, classified where it asked for ``classification``."""
+    return encode_response(
+        result.model_name,
+        result.model_version,
+        request.id,
+        codec.tensors(result.outputs, request.classification),
+        request.outputs,
+        request.binary_outputs,
+    )
+
+
 class KServeV2API:
     """Routes of the v2 protocol over one server state."""
 
-    def __init__(self, state: ServerState, version: str, limits: DecodeLimits) -> None:
+    def __init__(
+        self, state: ServerState, version: str, codecs: TaskCodecs, pool: CodecPool
+    ) -> None:
         self._state = state
         self._version = version
-        self._limits = limits
+        self._codecs = codecs
+        self._pool = pool
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{name}"
@@ -98,16 +123,12 @@ class KServeV2API:
                     "application/octet-stream with Inference-Header-Content-Length)"
                 )
             header_length = _parse_header_length(header)
+            codec = self._codecs.of(info)
             body = await request.body()
-            decoded = decode_request(body, header_length, info.inputs, info.outputs, self._limits)
+            decoded = await self._pool.finish(codec.decode_tensors(body, header_length))
             result = await infer(self._state, request, route, decoded.inputs, decoded.id)
-            payload, json_length = encode_response(
-                result.model_name,
-                result.model_version,
-                decoded.id,
-                result.outputs,
-                decoded.outputs,
-                decoded.binary_outputs,
+            payload, json_length = await self._pool.encode(
+                outputs_bytes(result.outputs), partial(encode_result, codec, result, decoded)
             )
             if json_length is None:
                 return Response(payload, media_type="application/json")

@@ -1,49 +1,41 @@
 """The native REST routes (KServe v1 / Vertex shape): ``POST /v1/models/{name}:predict``.
 
-The body is ``{"instances": [...]}`` (JSON) or one raw image (``image/png``,
-``image/jpeg``); classification models answer with labels and scores.
+The envelope only: the body (``{"instances": [...]}`` JSON or one raw ``image/png`` /
+``image/jpeg``) is decoded and the answer made by the model's task codec, so this route
+answers what the model's task says: labels and scores for a classifier, vectors for an
+embedding model, output rows otherwise, as ``{"predictions": [...]}``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelhost.api.inference import infer, observed
+from modelhost.api.inference import TaskCodecs, infer, observed
+from modelhost.api.offload import CodecPool, outputs_bytes
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
-from modelhost.codecs.classification import classify
-from modelhost.codecs.images import IMAGE_CONTENT_TYPES, decode_image
-from modelhost.codecs.instances import decode_instances
-from modelhost.codecs.limits import DecodeLimits
-from modelhost.errors import InvalidInput, UnsupportedMediaType
-from modelhost.serving import ModelInfo
-from modelhost.types import InferResult
+from modelhost.codecs.task import Outputs, TaskCodec
 
 PROTOCOL = "native"
 
 
-def predictions(info: ModelInfo, result: InferResult) -> list[Any]:
-    """Classification models: labels + scores; others: each output's rows."""
-    manifest = info.manifest
-    first = result.outputs[info.outputs[0].name]
-    if manifest.postprocessing is not None:
-        return classify(first, manifest.labels, manifest.postprocessing)
-    if len(info.outputs) == 1:
-        return list(first)
-    rows = first.shape[0]
-    return [{spec.name: result.outputs[spec.name][i] for spec in info.outputs} for i in range(rows)]
+def encode_predictions(codec: TaskCodec, outputs: Outputs) -> bytes:
+    """The JSON body ``{"predictions": [...]}``: the task's answer per instance."""
+    return orjson.dumps({"predictions": codec.answer(outputs)}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class NativeAPI:
     """Routes of the native protocol over one server state."""
 
-    def __init__(self, state: ServerState, limits: DecodeLimits) -> None:
+    def __init__(self, state: ServerState, codecs: TaskCodecs, pool: CodecPool) -> None:
         self._state = state
-        self._limits = limits
+        self._codecs = codecs
+        self._pool = pool
 
     def routes(self) -> list[Route]:
         return [
@@ -75,25 +67,17 @@ class NativeAPI:
             route = self._state.data.resolve(params["name"], params.get("version"))
             info = route.info
             obs.model, obs.version = info.name, info.version
+            codec = self._codecs.of(info)
             kind = media_type(request)
             body = await request.body()
-            if kind in IMAGE_CONTENT_TYPES:
-                prep = info.manifest.preprocessing
-                if prep is None:
-                    raise InvalidInput(f"model {info.name} takes no images; send JSON instances")
-                image = decode_image(body, prep, "body", self._limits.pixel_budget())
-                inputs = {info.inputs[0].name: image[None]}
-            elif kind == "application/json":
-                inputs = decode_instances(
-                    body, info.inputs, info.manifest.preprocessing, self._limits
-                )
-            else:
-                raise UnsupportedMediaType(
-                    f"Content-Type {kind or '(none)'!r} is not accepted; send application/json "
-                    "instances or image/png or image/jpeg bytes"
-                )
+            inputs = await self._pool.finish(codec.decode(body, kind))
             result = await infer(self._state, request, route, inputs)
-            return json_response(
-                {"predictions": predictions(info, result)},
+            outputs = result.outputs
+            payload = await self._pool.encode(
+                outputs_bytes(outputs), partial(encode_predictions, codec, outputs)
+            )
+            return Response(
+                payload,
                 headers={"X-Model-Version": result.model_version},
+                media_type="application/json",
             )

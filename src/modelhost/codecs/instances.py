@@ -3,6 +3,9 @@
 An instance is, for a one-input model, the item itself (nested lists shaped like the
 signature without the batch axis) or, for an image model, ``{"b64": "<PNG or JPEG>"}``;
 for a many-input model, an object mapping input names to items.
+
+    plan_instances(body)  parse, check every limit, base64-decode, read image headers
+       └─► arrays, or a Step decoding the images' pixels (charged, priced in pixels)
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import numpy as np
 import orjson
 
 from modelhost.archive.manifest import ImagePreprocessing
-from modelhost.codecs.images import decode_image
+from modelhost.codecs.images import decode_pixels, image_size
 from modelhost.codecs.limits import DecodeLimits
+from modelhost.codecs.steps import Step, finish
 from modelhost.codecs.tensors import json_to_array
 from modelhost.errors import InvalidInput
 from modelhost.types import TensorSpec
@@ -31,7 +35,21 @@ def decode_instances(
     prep: ImagePreprocessing | None,
     limits: DecodeLimits = _DEFAULT_LIMITS,
 ) -> dict[str, np.ndarray]:
-    """Decode a native predict body into arrays with a leading batch axis.
+    """Decode a native predict body into arrays with a leading batch axis, in one go.
+
+    See :func:`plan_instances` for the checks and errors.
+    """
+    return finish(plan_instances(body, inputs, prep, limits))
+
+
+def plan_instances(
+    body: bytes,
+    inputs: tuple[TensorSpec, ...],
+    prep: ImagePreprocessing | None,
+    limits: DecodeLimits = _DEFAULT_LIMITS,
+) -> dict[str, np.ndarray] | Step[dict[str, np.ndarray]]:
+    """Decode a native predict body into arrays with a leading batch axis; images' pixels
+    are left to the returned step (their sizes already read and charged).
 
     Every limit is checked before the work it bounds: JSON containers before parsing,
     the number of instances and the elements they declare before converting any, each
@@ -57,7 +75,7 @@ def decode_instances(
         return _decode_named(instances, inputs, limits)
     spec = inputs[0]
     if isinstance(instances[0], dict) and "b64" in instances[0]:
-        return {spec.name: _decode_images(instances, spec, prep, limits)}
+        return _plan_images(instances, spec, prep, limits)
     _check_declared_elements(len(instances), (spec,), limits)
     arr = _decode_items(instances, spec, "instances")
     limits.check_elements(arr.size, "instances")
@@ -86,9 +104,9 @@ def _decode_items(items: list[Any], spec: TensorSpec, field: str) -> np.ndarray:
     return arr
 
 
-def _decode_images(
+def _plan_images(
     instances: list[Any], spec: TensorSpec, prep: ImagePreprocessing | None, limits: DecodeLimits
-) -> np.ndarray:
+) -> Step[dict[str, np.ndarray]]:
     if prep is None:
         raise InvalidInput("instances[0] is a b64 image but this model takes no images")
     for i, item in enumerate(instances):
@@ -106,8 +124,18 @@ def _decode_images(
             raw = base64.b64decode(item["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"{field}.b64 is not valid base64") from exc
-        images.append(decode_image(raw, prep, f"{field}.b64", budget))
-    return np.stack(images).astype(spec.dtype, copy=False)
+        size = image_size(raw, f"{field}.b64")
+        budget.take(*size, f"{field}.b64")
+        images.append((raw, size))
+
+    def decode() -> dict[str, np.ndarray]:
+        arrays = [
+            decode_pixels(raw, prep, size, f"instances[{i}].b64")
+            for i, (raw, size) in enumerate(images)
+        ]
+        return {spec.name: np.stack(arrays).astype(spec.dtype, copy=False)}
+
+    return Step(decode, pixels=budget.used)
 
 
 def _decode_named(

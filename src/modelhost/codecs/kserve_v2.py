@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,12 +43,14 @@ _DEFAULT_LIMITS = DecodeLimits()
 
 @dataclass(frozen=True, slots=True)
 class V2Request:
-    """A decoded inference request: inputs, wanted outputs and which of them as binary."""
+    """A decoded inference request: inputs, wanted outputs, which of them as binary, and
+    how many classes to return for each output that asks for classification."""
 
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
+    classification: Mapping[str, int] = field(default_factory=dict)
 
 
 def decode_request(
@@ -122,8 +124,8 @@ def decode_request(
             f"{len(tail) - offset} bytes of binary data after the JSON are not claimed by "
             "any input's binary_data_size"
         )
-    wanted, binary = _decode_outputs(doc, outputs)
-    return V2Request(request_id, decoded, wanted, binary)
+    wanted, binary, classification = _decode_outputs(doc, outputs)
+    return V2Request(request_id, decoded, wanted, binary, classification)
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -242,31 +244,56 @@ def _decode_binary(h: _TensorHeader, tail: memoryview) -> np.ndarray:
 
 def _decode_outputs(
     doc: dict[str, Any], outputs: tuple[TensorSpec, ...]
-) -> tuple[tuple[str, ...], frozenset[str]]:
-    known = [s.name for s in outputs]
+) -> tuple[tuple[str, ...], frozenset[str], dict[str, int]]:
+    """Wanted outputs, which of them as binary, and the ``classification`` count of each
+    output that asks for one (Triton's classification extension)."""
+    specs = {s.name: s for s in outputs}
+    known = list(specs)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidInput("parameters must be an object")
     all_binary = params.get("binary_data_output") is True
     raw = doc.get("outputs")
     if raw is None:
-        return tuple(known), frozenset(known) if all_binary else frozenset()
+        return tuple(known), frozenset(known) if all_binary else frozenset(), {}
     if not isinstance(raw, list):
         raise InvalidInput("outputs must be a list of {name, parameters}")
     wanted: list[str] = []
     binary: set[str] = set()
+    classification: dict[str, int] = {}
     for i, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in known:
+        if name not in specs:
             raise InvalidInput(
                 f"outputs[{i}].name {_shown(name)} is not an output of the model: {known}"
             )
+        if name in wanted:
+            raise InvalidInput(f"outputs[{i}].name {name!r} appears twice")
         wanted.append(name)
         out_params = item.get("parameters") or {}
-        flag = out_params.get("binary_data") if isinstance(out_params, dict) else None
+        if not isinstance(out_params, dict):
+            raise InvalidInput(f"outputs[{i}].parameters must be an object")
+        flag = out_params.get("binary_data")
         if flag is True or (flag is None and all_binary):
             binary.add(name)
-    return tuple(wanted), frozenset(binary)
+        count = out_params.get("classification")
+        if count is not None:
+            classification[name] = _classification_count(f"outputs[{i}]", count, specs[name])
+    return tuple(wanted), frozenset(binary), classification
+
+
+def _classification_count(field: str, count: Any, spec: TensorSpec) -> int:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise InvalidInput(
+            f"{field}.parameters.classification must be an integer >= 1 (how many classes "
+            f"to return per row), not {_shown(count)}"
+        )
+    if spec.dtype == "bool":
+        raise InvalidInput(
+            f"{field}.parameters.classification: output {spec.name!r} is BOOL; only "
+            "numeric outputs can be ranked"
+        )
+    return count
 
 
 def encode_response(
@@ -277,7 +304,8 @@ def encode_response(
     wanted: tuple[str, ...],
     binary: frozenset[str],
 ) -> tuple[bytes, int | None]:
-    """Encode an inference response.
+    """Encode an inference response. An ``object`` array (elements ``bytes``) is a BYTES
+    tensor: JSON strings, or in binary each element's 4-byte little-endian length, then it.
 
     Returns:
         ``(body, header_length)``: ``header_length`` is the JSON part's length when binary
@@ -290,15 +318,18 @@ def encode_response(
     tail: list[bytes] = []
     for name in wanted:
         arr = np.ascontiguousarray(outputs[name])
+        is_bytes = arr.dtype == object
         tensor: dict[str, Any] = {
             "name": name,
-            "datatype": NUMPY_TO_V2[arr.dtype.name],
+            "datatype": "BYTES" if is_bytes else NUMPY_TO_V2[arr.dtype.name],
             "shape": list(arr.shape),
         }
         if name in binary:
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            raw = _bytes_tensor(arr) if is_bytes else _little_endian(arr)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
+        elif is_bytes:
+            tensor["data"] = [bytes(e).decode("utf-8", "replace") for e in arr.reshape(-1)]
         else:
             tensor["data"] = arr.reshape(-1)
         tensors.append(tensor)
@@ -307,3 +338,12 @@ def encode_response(
     if not tail:
         return head, None
     return head + b"".join(tail), len(head)
+
+
+def _little_endian(arr: np.ndarray) -> bytes:
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _bytes_tensor(arr: np.ndarray) -> bytes:
+    """BYTES elements in the binary extension's framing: 4-byte LE length, then the bytes."""
+    return b"".join(len(e).to_bytes(4, "little") + e for e in map(bytes, arr.reshape(-1)))

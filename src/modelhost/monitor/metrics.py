@@ -250,17 +250,16 @@ class Metrics:
             f"{PREFIX}_codec_offloaded", "Payloads decoded or encoded in a codec thread, by phase.",
             ("phase",), registry=r,
         )  # fmt: skip
+        busy = Gauge(
+            f"{PREFIX}_codec_busy", "Codec threads decoding or encoding now.",
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
+        waiting = Gauge(
+            f"{PREFIX}_codec_waiting", "Payloads waiting for a codec thread.",
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
         self.codec = CodecMetrics(
-            decoded=offloaded.labels("decode"),
-            encoded=offloaded.labels("encode"),
-            busy=Gauge(
-                f"{PREFIX}_codec_busy", "Codec threads decoding or encoding now.",
-                multiprocess_mode="livesum", registry=r,
-            ),  # fmt: skip
-            waiting=Gauge(
-                f"{PREFIX}_codec_waiting", "Payloads waiting for a codec thread.",
-                multiprocess_mode="livesum", registry=r,
-            ),  # fmt: skip
+            offloaded.labels("decode"), offloaded.labels("encode"), busy, waiting
         )
 
     def for_model(self, name: str, version: str) -> ModelMetrics:

@@ -1,0 +1,209 @@
+"""One model version's meaning, the same for every protocol: what its requests decode to and
+what its answers say. A frontend keeps only its envelope.
+
+    codec = TaskCodec.for_manifest(manifest, inputs, outputs, limits)   once per version
+    step = codec.decode(body, content_type)   image bytes or {"instances": [...]} ─► inputs
+    step = codec.decode_tensors(body, n)      KServe v2 tensors (JSON / binary) ─► V2Request
+    codec.answer(outputs)                     the task's answer, one item per instance
+    codec.tensors(outputs, {"logits": 3})     raw tensors, or Triton classification strings
+
+The answer follows the manifest: a classifier (``postprocessing`` classification, or task
+``classification``) answers ``{"label", "score", "top_k"}`` per instance; an ``embedding``
+model one flat vector per instance (its first output); any other model its outputs' rows.
+Decoding returns priced :class:`~modelhost.codecs.steps.Step` s: every limit is checked
+while the step is built, the work it bounds waits in ``step.run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from modelhost.archive.manifest import ClassificationPostprocessing, ImagePreprocessing, ModelSpec
+from modelhost.codecs.classification import classification_strings, classify
+from modelhost.codecs.images import decode_pixels, image_size
+from modelhost.codecs.instances import plan_instances
+from modelhost.codecs.kserve_v2 import V2Request, decode_request
+from modelhost.codecs.limits import DecodeLimits
+from modelhost.codecs.steps import Step
+from modelhost.errors import InvalidInput, UnsupportedMediaType
+from modelhost.types import TensorSpec
+
+Inputs = dict[str, np.ndarray]
+Outputs = Mapping[str, np.ndarray]
+_DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCodec:
+    """Decoding and answering for one model version; built once, shared by every request.
+
+    Attributes:
+        task: the manifest's task.
+        inputs, outputs: the version's signature.
+        labels: class names by index (the first output's classes); may be empty.
+        image: how an image becomes the first input, or None (the model takes no images).
+        classifier: how the first output becomes labels, or None (not a classifier).
+        limits: what one request may make the server decode.
+        answer_kind: which of the answers in ``_ANSWERS`` this model gives.
+    """
+
+    task: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...]
+    image: ImagePreprocessing | None
+    classifier: ClassificationPostprocessing | None
+    limits: DecodeLimits
+    answer_kind: str
+
+    @classmethod
+    def for_manifest(
+        cls,
+        manifest: ModelSpec,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        limits: DecodeLimits = _DEFAULT_LIMITS,
+    ) -> TaskCodec:
+        """The codec of a model version from its manifest and signature.
+
+        Example:
+            >>> TaskCodec.for_manifest(manifest, inputs, outputs).answer_kind  # doctest: +SKIP
+            'classification'
+        """
+        classifier = manifest.postprocessing
+        if classifier is None and manifest.task == "classification":
+            classifier = ClassificationPostprocessing()
+        if classifier is not None:
+            kind = "classification"
+        elif manifest.task == "embedding":
+            kind = "embedding"
+        else:
+            kind = "rows" if len(outputs) == 1 else "named_rows"
+        return cls(
+            task=manifest.task,
+            inputs=inputs,
+            outputs=outputs,
+            labels=manifest.labels,
+            image=manifest.preprocessing,
+            classifier=classifier,
+            limits=limits,
+            answer_kind=kind,
+        )
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def decode(self, body: bytes, content_type: str) -> Step[Inputs]:
+        """The model's inputs from a body of ``content_type`` (lower case, no parameters):
+        ``image/png`` / ``image/jpeg`` one image (a batch of one), ``application/json``
+        ``{"instances": [...]}`` (see :mod:`modelhost.codecs.instances`).
+
+        An image's header is read and its size charged here; decoding waits in the step.
+
+        Raises:
+            UnsupportedMediaType: any other content type.
+            InvalidInput: an image for a model that takes none, or an unreadable header.
+            PayloadTooLarge: the image declares more pixels than the limits allow.
+        """
+        decoder = _DECODERS.get(content_type)
+        if decoder is None:
+            raise UnsupportedMediaType(
+                f"Content-Type {content_type or '(none)'!r} is not accepted; send "
+                "application/json instances or image/png or image/jpeg bytes"
+            )
+        return decoder(self, body)
+
+    def _image(self, body: bytes) -> Step[Inputs]:
+        prep = self.image
+        if prep is None:
+            raise InvalidInput("this model takes no images; send JSON instances")
+        size = image_size(body, "body")
+        self.limits.pixel_budget().take(*size, "body")
+        spec = self.inputs[0]
+
+        def decode() -> Inputs:
+            image = decode_pixels(body, prep, size, "body")
+            return {spec.name: image[np.newaxis].astype(spec.dtype, copy=False)}
+
+        return Step(decode, body_bytes=len(body), pixels=size[0] * size[1])
+
+    def _instances(self, body: bytes) -> Step[Inputs]:
+        run = partial(plan_instances, body, self.inputs, self.image, self.limits)
+        return Step(run, body_bytes=len(body))
+
+    def decode_tensors(self, body: bytes, header_length: int | None) -> Step[V2Request]:
+        """A KServe v2 inference body (see :func:`modelhost.codecs.kserve_v2.decode_request`).
+
+        The step is priced by its JSON part only: binary tensors after it become arrays
+        without a copy.
+        """
+        json_bytes = len(body) if header_length is None else min(header_length, len(body))
+        run = partial(decode_request, body, header_length, self.inputs, self.outputs, self.limits)
+        return Step(run, body_bytes=json_bytes)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def answer(self, outputs: Outputs) -> list[Any]:
+        """The task's answer for each instance of a result (rows along axis 0 of
+        ``outputs``): ``{"label", "score", "top_k": [{"label", "score"}, ...]}`` for a
+        classifier, a flat vector for an embedding model, else each output's rows (an object
+        of named rows when the model has several outputs). Arrays stay numpy (orjson
+        serializes them)."""
+        return _ANSWERS[self.answer_kind](self, outputs)
+
+    def tensors(self, outputs: Outputs, classification: Mapping[str, int]) -> Outputs:
+        """Outputs as raw tensors, except each output named in ``classification``: its top
+        ``k`` values per row as Triton's classification strings (a BYTES tensor of shape
+        (rows, k); see :func:`modelhost.codecs.classification.classification_strings`).
+        Labels apply to the first output."""
+        if not classification:
+            return outputs
+        first = self.outputs[0].name
+        ranked = dict(outputs)
+        for name, k in classification.items():
+            labels = self.labels if name == first else ()
+            ranked[name] = classification_strings(np.asarray(outputs[name]), k, labels)
+        return ranked
+
+
+_DECODERS: dict[str, Callable[[TaskCodec, bytes], Step[Inputs]]] = {
+    "image/png": TaskCodec._image,
+    "image/jpeg": TaskCodec._image,
+    "application/json": TaskCodec._instances,
+}
+
+
+def _rows_of_first(codec: TaskCodec, outputs: Outputs) -> np.ndarray:
+    first = outputs[codec.outputs[0].name]
+    return first.reshape(first.shape[0], -1)
+
+
+def _classes(codec: TaskCodec, outputs: Outputs) -> list[Any]:
+    assert codec.classifier is not None  # answer_kind "classification" has one
+    return classify(_rows_of_first(codec, outputs), codec.labels, codec.classifier)
+
+
+def _vectors(codec: TaskCodec, outputs: Outputs) -> list[Any]:
+    return list(_rows_of_first(codec, outputs))
+
+
+def _rows(codec: TaskCodec, outputs: Outputs) -> list[Any]:
+    return list(outputs[codec.outputs[0].name])
+
+
+def _named_rows(codec: TaskCodec, outputs: Outputs) -> list[Any]:
+    names = [spec.name for spec in codec.outputs]
+    rows = outputs[names[0]].shape[0]
+    return [{name: outputs[name][i] for name in names} for i in range(rows)]
+
+
+_ANSWERS: dict[str, Callable[[TaskCodec, Outputs], list[Any]]] = {
+    "classification": _classes,
+    "embedding": _vectors,
+    "rows": _rows,
+    "named_rows": _named_rows,
+}
