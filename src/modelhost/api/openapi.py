@@ -64,6 +64,11 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Datatype": {"type": "string", "enum": sorted(V2_TO_NUMPY)},
+    "OutputDatatype": {
+        "type": "string",
+        "enum": sorted([*V2_TO_NUMPY, "BYTES"]),
+        "description": "BYTES: an output asked for with classification",
+    },
     "TensorMetadata": {
         "type": "object",
         "required": ["name", "datatype", "shape"],
@@ -74,7 +79,8 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "TensorData": {
-        "description": "numbers or booleans, flat (row-major) or nested like the shape",
+        "description": "numbers or booleans, flat (row-major) or nested like the shape; "
+        'strings for a BYTES output ("value:index[:label]" for classification)',
         "type": "array",
     },
     "RequestInput": {
@@ -107,7 +113,16 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "parameters": {
                 "type": "object",
-                "properties": {"binary_data": {"type": "boolean"}},
+                "properties": {
+                    "binary_data": {"type": "boolean"},
+                    "classification": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "answer the top k values of each row, highest first, "
+                        'as BYTES strings "value:index[:label]" (Triton\'s classification '
+                        "extension) instead of the raw tensor; k is clamped to the row",
+                    },
+                },
             },
         },
     },
@@ -117,7 +132,11 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string", "maxLength": MAX_ID_CHARS},
             "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
-            "outputs": {"type": "array", "items": _ref("RequestOutput")},
+            "outputs": {
+                "type": "array",
+                "items": _ref("RequestOutput"),
+                "description": "outputs wanted, each name once (default: all, raw)",
+            },
             "parameters": {
                 "type": "object",
                 "properties": {"binary_data_output": {"type": "boolean"}},
@@ -130,7 +149,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": _ref("Datatype"),
+            "datatype": _ref("OutputDatatype"),
             "data": _ref("TensorData"),
             "parameters": {
                 "type": "object",
@@ -166,7 +185,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "predictions": {
                 "type": "array",
-                "description": "classification: {label, score, top_k}; else output rows",
+                "description": "the task's answer per instance: {label, score, top_k} for a "
+                "classifier, a vector for an embedding model, else the output rows",
             }
         },
     },
@@ -185,6 +205,8 @@ def _v2_infer() -> dict[str, Any]:
     return {
         "post": {
             "summary": "Run inference (Open Inference Protocol v2)",
+            "description": "Answers the model's raw output tensors; an output requested with "
+            "parameters.classification = k answers its top k per row instead.",
             "parameters": [binary_header],
             "requestBody": {
                 "required": True,
@@ -212,6 +234,8 @@ def _predict() -> dict[str, Any]:
     return {
         "post": {
             "summary": "Predict: JSON instances or one PNG/JPEG image",
+            "description": "Answers what the model's task says: labels and scores for a "
+            "classifier, vectors for an embedding model, the output rows otherwise.",
             "requestBody": {
                 "required": True,
                 "content": {
