@@ -17,14 +17,12 @@ from typing import TypeVar
 import numpy as np
 
 from modelhost.errors import InvalidInput
-from modelhost.serving.shm import (
+from modelhost.serving.shm import take_segment, unlink_segment, write_segment
+from modelhost.serving.tensor_table import (
     Layout,
     parse_table,
     plan_layout,
     read_tensors,
-    take_segment,
-    unlink_segment,
-    write_segment,
     write_tensors,
 )
 
