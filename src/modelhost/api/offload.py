@@ -19,7 +19,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -110,8 +110,9 @@ class CodecPool:
             if should_offload(
                 value.body_bytes, value.pixels, self._offload_bytes, self._offload_pixels
             ):
+                job = self._submit(finish, (value,))
                 self._metrics.decoded.inc()
-                return await self.run(finish, value)
+                return await self._wait(job)
             value = value.run()
         return value
 
@@ -123,8 +124,9 @@ class CodecPool:
         """
         if nbytes <= self._offload_bytes:
             return encoder()
+        job = self._submit(encoder, ())
         self._metrics.encoded.inc()
-        return await self.run(encoder)
+        return await self._wait(job)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in a codec thread; the caller waits without blocking the loop.
@@ -134,6 +136,9 @@ class CodecPool:
         Raises:
             Overloaded: ``max_waiting`` payloads are waiting for a thread already.
         """
+        return await self._wait(self._submit(fn, args))
+
+    def _submit(self, fn: Callable[..., T], args: tuple[object, ...]) -> Future[T]:
         with self._lock:
             if self._waiting >= self._max_waiting:
                 raise Overloaded(
@@ -142,8 +147,10 @@ class CodecPool:
                     retry_after_s=_RETRY_AFTER_S,
                 )
             self._waiting += 1
-        self._metrics.waiting.inc()
-        job = self._executor.submit(self._call, fn, args)
+            self._metrics.waiting.inc()
+        return self._executor.submit(self._call, fn, args)
+
+    async def _wait(self, job: Future[T]) -> T:
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -154,7 +161,7 @@ class CodecPool:
     def _started(self) -> None:
         with self._lock:
             self._waiting -= 1
-        self._metrics.waiting.dec()
+            self._metrics.waiting.dec()
 
     def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
         self._started()
