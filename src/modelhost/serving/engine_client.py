@@ -19,7 +19,6 @@ Requests are multiplexed by id over one unix socket (``frames.py``); the worker'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
@@ -38,7 +37,7 @@ from modelhost.errors import (
     ModelNotReady,
     Overloaded,
 )
-from modelhost.serving.frames import Frame, encode_frame, error_from, read_frame
+from modelhost.serving.frames import Frame, FrameWriter, encode_frame, error_from, read_frame
 from modelhost.serving.served import VersionLoad
 from modelhost.serving.shm import PREFIX, Arena, unlink_segment
 from modelhost.serving.tensor_table import plan_layout
@@ -51,6 +50,9 @@ from modelhost.serving.transfer import (
     take_tensors,
 )
 from modelhost.types import InferRequest, InferResult
+
+# Answers may be larger than requests: a metrics exposition of many models is text.
+_MAX_ANSWER_BYTES = 64 * 1024**2
 
 
 @dataclass(slots=True)
@@ -80,6 +82,7 @@ class EngineClient:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        self._frames = FrameWriter(writer)
         self._arena = arena
         self._prefix = prefix
         self._offload_bytes = offload_bytes
@@ -239,8 +242,7 @@ class EngineClient:
     def _write(self, header: dict[str, Any], table: bytes = b"") -> None:
         # Frames are small and a worker has at most ``slots`` requests in flight, so the
         # write buffer is bounded without awaiting drain() in the synchronous submit().
-        if not self._writer.is_closing():
-            self._writer.write(encode_frame(header, table))
+        self._frames.send(header, table)
 
     def last_load(self, name: str, version: str) -> VersionLoad:
         """The engine's instances and queue depth of ``name:version`` as of its last answer
@@ -280,11 +282,11 @@ class EngineClient:
         reason = "closed the connection"
         try:
             while True:
-                self._dispatch(await read_frame(self._reader))
+                self._dispatch(await read_frame(self._reader, _MAX_ANSWER_BYTES))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except ModelhostError as exc:
-            reason = f"broke the protocol ({exc.message})"
+            reason = f"ended the connection ({exc.message})"
         if self._broken is None:
             self._broken = ModelNotReady(f"the engine process {reason}; the model is unavailable")
         self._writer.close()
@@ -301,6 +303,8 @@ class EngineClient:
 
     def _dispatch(self, frame: Frame) -> None:
         kind, answer_id = frame.kind, frame.integer("id")
+        if answer_id == 0 and kind == "error":  # about the connection: the host closes it
+            raise error_from(frame)
         query = self._queries.get(answer_id)
         if query is not None:
             if not query.done():
@@ -389,7 +393,5 @@ class EngineClient:
         if self._broken is None:
             self._write({"kind": "bye"})
             self._broken = ModelNotReady("this worker's connection to the engine is closed")
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
+        await self._frames.close()
         await asyncio.gather(self._reading, *self._tasks, return_exceptions=True)

@@ -32,7 +32,13 @@ from typing import Any, Protocol
 
 from modelhost.errors import InferenceFailed, InvalidInput, ModelhostError, Overloaded
 from modelhost.serving.dataplane import Route
-from modelhost.serving.frames import Frame, encode_frame, error_fields, read_frame
+from modelhost.serving.frames import (
+    Frame,
+    FrameWriter,
+    encode_frame,
+    error_fields,
+    read_frame,
+)
 from modelhost.serving.shm import PREFIX, MappedArena, is_segment_name, unlink_segment
 from modelhost.serving.transfer import OFFLOAD_BYTES, Placed, place_tensors, take_tensors
 from modelhost.types import InferRequest, InferResult
@@ -80,6 +86,7 @@ class _Connection:
 
     def __init__(self, writer: asyncio.StreamWriter, arena: MappedArena, pid: int) -> None:
         self.writer = writer
+        self.frames = FrameWriter(writer)
         self.arena = arena
         self.pid = pid
         self.requests: dict[int, asyncio.Task[None]] = {}
@@ -92,8 +99,7 @@ class _Connection:
     def send(self, header: dict[str, Any], table: bytes = b"") -> None:
         # Frames are small (the tensors are in shared memory) and at most one answer per
         # slot is outstanding, so the write buffer is bounded without awaiting drain().
-        if not self.writer.is_closing():
-            self.writer.write(encode_frame(header, table))
+        self.frames.send(header, table)
 
     def send_error(self, request_id: int, exc: ModelhostError) -> None:
         self.send({"kind": "error", "id": request_id, **error_fields(exc)})
@@ -144,6 +150,7 @@ class EngineHost:
         """Accept workers on the unix socket ``path`` (mode 0600) until the block ends;
         then cancel what they have in flight (they hear ``cancelled``), close their
         connections (their arenas are theirs to unlink) and remove ``path``."""
+        self._stopping = False
         server = await asyncio.start_unix_server(self._serve, path=str(path))
         os.chmod(path, 0o600)
         try:
@@ -345,7 +352,12 @@ class EngineHost:
         )
 
     async def _answer_metrics(self, conn: _Connection, request_id: int) -> None:
-        text = await asyncio.to_thread(self._metrics_text)
+        try:
+            text = await asyncio.to_thread(self._metrics_text)
+        except Exception as exc:  # the exposition failing fails this read, not the host
+            log.exception("the metrics exposition failed")
+            conn.send_error(request_id, ModelhostError(f"metrics failed: {exc!r}"))
+            return
         conn.send({"kind": "metrics", "id": request_id, "text": text.decode()})
 
     async def _end(self, conn: _Connection, *, owner_gone: bool) -> None:
@@ -363,7 +375,7 @@ class EngineHost:
         for segment in leftovers:
             unlink_segment(segment)
         unlinked = owner_gone and conn.arena.unlink()
-        await _close(conn.writer)
+        await conn.frames.close()
         conn.arena.close()
         self._on_event(
             HostEvent("disconnected", conn.pid, conn.arena.name, not owner_gone, unlinked)

@@ -25,6 +25,7 @@ use its slot again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 from collections.abc import Mapping
@@ -87,6 +88,41 @@ def encode_frame(header: Mapping[str, Any], table: bytes = b"") -> bytes:
     return b"".join(
         (_LENGTH.pack(_LENGTH.size + len(body) + len(table)), _LENGTH.pack(len(body)), body, table)
     )
+
+
+class FrameWriter:
+    """Frames to one peer, sent together once per turn of the event loop.
+
+    Each ``send`` on a unix socket cost ~0.14 ms on the 2-core development VM (profiled at
+    16 requests in flight): a worker submitting 16 requests, or a host answering a batch of
+    16, makes one send instead of 16.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, header: Mapping[str, Any], table: bytes = b"") -> None:
+        """Queue a frame; it leaves at the end of this turn of the loop (or on ``flush``).
+        Frames for a closing connection are dropped."""
+        if self._writer.is_closing():
+            return
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._frames.append(encode_frame(header, table))
+
+    def flush(self) -> None:
+        """Hand the queued frames to the transport now."""
+        frames, self._frames = self._frames, []
+        if frames and not self._writer.is_closing():
+            self._writer.write(b"".join(frames))
+
+    async def close(self) -> None:
+        """Flush, close, and wait for the connection to close."""
+        self.flush()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
 
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> Frame:

@@ -90,12 +90,15 @@ def take_now(
         InvalidInput: a malformed table, or a segment that is not one of ours or is gone.
     """
     if placed.segment is not None:
-        copied = _data_bytes(placed.table)
-    else:
-        copied = sum(s.nbytes for s in parse_table(placed.table, len(slot))) if copy else 0
-    if copied > offload_bytes:
+        if _data_bytes(placed.table) > offload_bytes:
+            return None
+        return take_segment(placed.segment, placed.table, prefix)
+    views = read_tensors(slot, placed.table)
+    if not copy:
+        return views
+    if sum(view.nbytes for view in views.values()) > offload_bytes:
         return None
-    return _take(slot, placed, prefix, copy=copy)
+    return {name: view.copy() for name, view in views.items()}
 
 
 async def take_tensors(

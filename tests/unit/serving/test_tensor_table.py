@@ -202,3 +202,12 @@ def test_decoding_allocates_no_more_than_the_table_is_large():
     finally:
         tracemalloc.stop()
     assert peak < 4 * MAX_TABLE_BYTES
+
+
+def test_a_remembered_table_is_still_checked_against_each_region():
+    x = {"x": np.ones(100, np.float32)}
+    layout = plan_layout(x)
+    assert parse_table(layout.table, 4096) == layout.slices
+    with pytest.raises(InvalidInput, match="cannot fit the region"):
+        parse_table(layout.table, 100)
+    assert plan_layout(x) is layout  # laid out once per names, dtypes and shapes
