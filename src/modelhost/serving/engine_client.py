@@ -19,7 +19,9 @@ Requests are multiplexed by id over one unix socket (``frames.py``); the worker'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -50,6 +52,8 @@ from modelhost.serving.transfer import (
     take_tensors,
 )
 from modelhost.types import InferRequest, InferResult
+
+log = logging.getLogger("modelhost.serving.engine_client")
 
 # Answers may be larger than requests: a metrics exposition of many models is text.
 _MAX_ANSWER_BYTES = 64 * 1024**2
@@ -287,6 +291,9 @@ class EngineClient:
             pass
         except ModelhostError as exc:
             reason = f"ended the connection ({exc.message})"
+        except Exception as exc:  # a fault reading answers must not leave futures hanging
+            log.exception("reading the engine process's answers failed")
+            reason = f"answered what this worker cannot read ({exc!r})"
         if self._broken is None:
             self._broken = ModelNotReady(f"the engine process {reason}; the model is unavailable")
         self._writer.close()
@@ -307,10 +314,12 @@ class EngineClient:
             raise error_from(frame)
         query = self._queries.get(answer_id)
         if query is not None:
-            if not query.done():
-                query.set_exception(error_from(frame)) if kind == "error" else query.set_result(
-                    frame
-                )
+            if query.done():
+                pass
+            elif kind == "error":
+                query.set_exception(error_from(frame))
+            else:
+                query.set_result(frame)
             return
         call = self._calls.get(answer_id)
         if call is None or not call.sent:
@@ -329,12 +338,19 @@ class EngineClient:
             raise InvalidInput(f"unknown answer kind {kind!r:.40}")
 
     def _on_result(self, call: _Call, frame: Frame) -> None:
-        model, version = frame.text("model"), frame.text("version")
+        answer = InferResult(
+            model_name=frame.text("model"),
+            model_version=frame.text("version"),
+            outputs={},
+            queue_s=frame.number("queue_s"),
+            compute_s=frame.number("compute_s"),
+            batch_size=frame.integer("batch_size"),
+            id=call.request_id,
+        )
         placed = Placed(frame.table, frame.optional_text("segment"))
-        self._loads[(model, version)] = VersionLoad(
-            frame.integer("instances"),
-            frame.integer("queue_depth"),
-            self.last_load(model, version).in_flight,
+        key = (answer.model_name, answer.model_version)
+        self._loads[key] = VersionLoad(
+            frame.integer("instances"), frame.integer("queue_depth"), self.last_load(*key).in_flight
         )
         if call.future.done():  # cancelled while the engine computed it
             self._finish(call)
@@ -345,16 +361,16 @@ class EngineClient:
         try:
             outputs = take_now(slot, placed, self._prefix, self._offload_bytes, copy=True)
         except ModelhostError as exc:
-            self._deliver(call, frame, exc)
+            self._deliver(call, answer, exc)
             return
         finally:
             del slot
         if outputs is None:
-            self._spawn(self._take_and_deliver(call, frame, placed))
+            self._spawn(self._take_and_deliver(call, answer, placed))
         else:
-            self._deliver(call, frame, outputs)
+            self._deliver(call, answer, outputs)
 
-    async def _take_and_deliver(self, call: _Call, frame: Frame, placed: Placed) -> None:
+    async def _take_and_deliver(self, call: _Call, answer: InferResult, placed: Placed) -> None:
         slot = self._arena.slot(call.slot)
         try:
             outputs: dict[str, np.ndarray] | ModelhostError = await take_tensors(
@@ -363,13 +379,13 @@ class EngineClient:
         except ModelhostError as exc:
             outputs = exc
         del slot
-        self._deliver(call, frame, outputs)
+        self._deliver(call, answer, outputs)
 
     def _deliver(
-        self, call: _Call, frame: Frame, outputs: dict[str, np.ndarray] | ModelhostError
+        self, call: _Call, answer: InferResult, outputs: dict[str, np.ndarray] | ModelhostError
     ) -> None:
-        """Free the call's slot; resolve its future with the result (or the reason why the
-        answer could not be read)."""
+        """Free the call's slot; resolve its future with the answer and its outputs (or the
+        reason why they could not be read)."""
         self._finish(call)
         if call.future.done():
             return
@@ -377,16 +393,7 @@ class EngineClient:
             message = f"the engine process answered unreadably: {outputs.message}"
             call.future.set_exception(InferenceFailed(message))
             return
-        result = InferResult(
-            model_name=frame.text("model"),
-            model_version=frame.text("version"),
-            outputs=outputs,
-            queue_s=frame.number("queue_s"),
-            compute_s=frame.number("compute_s"),
-            batch_size=frame.integer("batch_size"),
-            id=call.request_id,
-        )
-        call.future.set_result(result)
+        call.future.set_result(dataclasses.replace(answer, outputs=outputs))
 
     async def close(self) -> None:
         """Say goodbye and close; requests still in flight fail with ModelNotReady."""

@@ -3,7 +3,7 @@
     frame = u32 length | u32 header length | header: a JSON object (orjson) | tensor table
 
 The header says what the message is (``kind``, request ``id``, model, version, slot, error
-code and text, ...); the tensor table (``shm.py``) says where the tensors lie in shared
+code and text, ...); the tensor table (``tensor_table.py``) says where the tensors lie in shared
 memory. Nothing is ever unpickled, and a frame's size is checked before it is read.
 
 Messages (worker → engine, then engine → worker)::

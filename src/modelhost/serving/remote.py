@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from modelhost.errors import Conflict, ModelNotReady
 from modelhost.serving.engine_client import EngineClient
 from modelhost.serving.instance import ModelInstance
+from modelhost.serving.scheduler import Scheduler
 from modelhost.serving.served import VersionLoad
 from modelhost.types import InferRequest, InferResult
 
@@ -106,3 +107,7 @@ class RemoteScheduler:
         except TimeoutError:
             for future in list(self._pending):
                 future.cancel()
+
+
+def _is_a_scheduler(scheduler: RemoteScheduler) -> Scheduler:
+    return scheduler  # mypy checks here that RemoteScheduler keeps the Scheduler protocol

@@ -19,6 +19,14 @@ owner died is unlinked by the engine process when the owner's connection drops w
 goodbye (``engine_host.py``); Python's resource tracker of the owner would unlink it too,
 which covers an engine that is gone as well. A one-off segment belongs to its reader from
 the moment it is named in a message; a writer unlinks the ones whose reader never answered.
+Every name carries a prefix (default ``mh-``) and the creator's pid; a peer may only name
+segments with the server's prefix.
+
+Trust: the table and every name a peer sends are checked. What a mapping cannot check is a
+peer that shrinks its own segment after the engine mapped it: touching the lost pages
+raises SIGBUS in the engine. Workers are the server's own processes (same user, socket
+mode 0600); sealing the segments (memfd + F_SEAL_SHRINK, fds passed over the socket) would
+close that gap.
 """
 
 from __future__ import annotations
