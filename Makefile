@@ -26,7 +26,7 @@ $(DEMO)/digits.mh: | $(VENV)/.installed
 
 demo: $(DEMO)/digits.mh
 	@echo
-	@echo "In another shell, ask the server what digit this is (a 7):"
+	@echo "Once the server says 'serving on', ask it from another shell what digit this is (a 7):"
 	@echo "  curl -s -H 'Content-Type: image/png' --data-binary @examples/digits/images/digit_7.png http://127.0.0.1:$(PORT)/v1/models/digits:predict"
 	@echo
 	@# --trust-code: the archive's model.py is the code `make demo` itself just trained with.

@@ -12,7 +12,7 @@ import pytest
 from modelhost.archive.manifest import ModelSpec, TensorSignature
 from modelhost.archive.pack import write_archive
 from support.archives import repack
-from support.cli import mh
+from support.cli import mh, one_error_line
 from support.server import running_server
 
 pytestmark = pytest.mark.slow
@@ -53,14 +53,6 @@ def push(archive: Path, home: Path) -> str:
     result = mh("push", str(archive), "--home", str(home))
     assert result.returncode == 0, result.stderr
     return result.stdout.split()[1]  # "pushed digits:1 (sha256 ...)"
-
-
-def one_error_line(result) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_code_formats_are_refused_without_trust_code(tmp_path, digits_archive):

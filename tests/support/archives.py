@@ -19,11 +19,15 @@ class Slow(torch.nn.Module):
     """Doubles its input after sleeping ``delay_s``: a stand-in for a heavy model.
 
     With a ``gate`` file, a batch whose first value is 1.0 waits until that file exists
-    (at most a minute), so that a test decides when the model answers.
+    (at most a minute), so that a test decides when the model answers. With a
+    ``load_gate`` file, loading waits until that file exists: the test decides when
+    loading ends.
     """
 
-    def __init__(self, delay_s: float = 0.3, gate: str = ""):
+    def __init__(self, delay_s: float = 0.3, gate: str = "", load_gate: str = ""):
         super().__init__()
+        while load_gate and not os.path.exists(load_gate):
+            time.sleep(0.005)
         self.delay_s = delay_s
         self.gate = gate
         self.scale = torch.nn.Parameter(torch.tensor(2.0))
@@ -39,11 +43,17 @@ class Slow(torch.nn.Module):
 
 
 def slow_archive(
-    tmp: Path, *, delay_s: float, batching: Batching | None = None, gate: Path | None = None
+    tmp: Path,
+    *,
+    delay_s: float,
+    batching: Batching | None = None,
+    gate: Path | None = None,
+    load_gate: Path | None = None,
 ) -> Path:
     """A torch archive whose forward sleeps ``delay_s`` per batch; input x (-1, 4) float32.
 
-    ``gate``: a batch starting with 1.0 waits until this file exists (see SLOW_MODEL).
+    ``gate``: a batch starting with 1.0 waits until this file exists; ``load_gate``: its
+    load waits until this file exists (see SLOW_MODEL).
     """
     import torch
     from safetensors.torch import save_file
@@ -61,7 +71,11 @@ def slow_archive(
             "module_file": "model.py",
             "class_name": "Slow",
             "weights_file": "weights.safetensors",
-            "init_kwargs": {"delay_s": delay_s, "gate": str(gate or "")},
+            "init_kwargs": {
+                "delay_s": delay_s,
+                "gate": str(gate or ""),
+                "load_gate": str(load_gate or ""),
+            },
         },
     )
     files = {"model.py": tmp / "model.py", "weights.safetensors": tmp / "weights.safetensors"}

@@ -41,3 +41,12 @@ def fail_on_traceback(command: Sequence[str], output: str) -> None:
             f"traceback, unless --debug):\n{output}",
             pytrace=False,
         )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused command prints: exit status 1, ``error: ...`` alone on stderr."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    return lines[0]

@@ -50,6 +50,21 @@ class ServerProcess:
                     return float(sample.value)
         return 0.0
 
+    def wait_for_line(self, fragment: str, timeout_s: float = 120.0) -> str:
+        """Wait until the server prints a line holding ``fragment``; return it (fail after
+        ``timeout_s``, a bound for a loaded machine, not a timing assertion)."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            lines = list(self.output)
+            for line in lines[seen:]:
+                if fragment in line:
+                    return line
+            seen = len(lines)
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(f"the server never printed {fragment!r}:\n{''.join(self.output)}")
+            time.sleep(0.01)  # poll interval of the wait on the output
+
     def wait_for_metric(
         self, name: str, value: float, timeout_s: float = 60.0, **labels: str
     ) -> float:
@@ -67,15 +82,23 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    *archives: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    *archives: Path,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    ready: bool = True,
 ) -> Iterator[ServerProcess]:
     """Run ``modelhost serve ARCHIVES --port 0 ARGS`` until the block ends (then SIGTERM).
 
-    When the block ends normally, the test fails if the server printed a traceback (unless
-    it ran with ``--debug``).
+    The block starts once the server is ready ("serving on"), or with ``ready=False`` as
+    soon as its port is open ("listening on", models still loading). One worker process
+    unless ``--workers`` or MODELHOST_WORKERS says otherwise. When the block ends normally,
+    the test fails if the server printed a traceback (unless it ran with ``--debug``).
     """
     if "--management-port" not in args:
         args = (*args, "--management-port", "-1")
+    if "--workers" not in args and "MODELHOST_WORKERS" not in {**os.environ, **(env or {})}:
+        args = (*args, "--workers", "1")
+    until = "serving on " if ready else "listening on "
     cmd = [sys.executable, "-m", "modelhost", "serve", *map(str, archives), "--port", "0", *args]
     proc = subprocess.Popen(
         cmd,
@@ -92,7 +115,7 @@ def running_server(
         if line.startswith("management API on "):
             server.management_url = line.split()[3]
             server.token_file = Path(line.split("bearer token in ")[1].rstrip(")\n"))
-        if line.startswith("serving on "):
+        if line.startswith(until):
             server.url = line.split()[2]
             break
         if time.monotonic() > deadline:

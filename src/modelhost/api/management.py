@@ -13,6 +13,11 @@ DELETE /models/{name}/versions/{version}      unload after finishing accepted re
 All or nothing: a change is applied, then persisted with its audit entry in one registry
 transaction; when that fails, the change is undone and the answer (503, 507) says it was
 not applied. A refused change is audited as failed (when the registry can be written).
+
+The routes work over :class:`~modelhost.serving.ManagedModels`: the engine of this process,
+or (``modelhost serve --workers N``) every worker at once, where a change is acknowledged
+only once all workers applied it. With workers, ``GET /models/{name}`` adds ``workers``:
+what each worker process reports (pid, default, split, versions).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from modelhost.api.auth import BearerAuth, token_id
 from modelhost.api.middleware import BodyLimit
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.responses import json_response, media_type
-from modelhost.api.state import ServerState
+from modelhost.config import Settings
 from modelhost.errors import (
     InsufficientStorage,
     InvalidInput,
@@ -47,7 +52,7 @@ from modelhost.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from modelhost.serving import ArchiveSource, VersionState
+from modelhost.serving import ArchiveSource, ManagedModels, ModelView, VersionState, VersionView
 
 _MAX_PAGE = 1000
 T = TypeVar("T")
@@ -91,16 +96,47 @@ class _Loaded:
     uploaded: bool
 
 
+def _version_doc(v: VersionView) -> dict[str, Any]:
+    return {
+        "version": v.version, "runtime": v.runtime, "device": v.device,
+        "instances": v.instances, "queue_depth": v.queue_depth, "in_flight": v.in_flight,
+        "status": "ready", "scheduler": v.scheduler, "max_batch_size": v.max_batch_size,
+        "sha256": v.sha256,
+    }  # fmt: skip
+
+
+def model_doc(view: ModelView) -> dict[str, Any]:
+    """The JSON answer describing a model (and, with workers, each worker's report)."""
+    doc: dict[str, Any] = {
+        "name": view.name,
+        "default_version": view.default_version,
+        "split": view.split,
+        "versions": [_version_doc(v) for v in view.versions],
+    }
+    if view.workers:
+        doc["workers"] = [
+            {"pid": w.pid} | {k: v for k, v in model_doc(w.model).items() if k != "name"}
+            for w in view.workers
+        ]
+    return doc
+
+
 class ManagementAPI:
-    """Routes over the running engine; ``registry`` (None: none) resolves, persists, audits."""
+    """Routes over the served models; ``registry`` (None: none) resolves, persists, audits."""
 
     def __init__(
-        self, state: ServerState, registry: RegistryPort | None, actor: str, upload_dir: Path
+        self,
+        models: ManagedModels,
+        registry: RegistryPort | None,
+        actor: str,
+        upload_dir: Path,
+        max_upload_bytes: int,
     ) -> None:
-        self._state = state
+        self._models = models
         self._registry = registry
         self._actor = actor
         self._upload_dir = upload_dir
+        self._max_upload_bytes = max_upload_bytes
 
     def routes(self) -> list[Route]:
         return [
@@ -116,30 +152,16 @@ class ManagementAPI:
     async def list_models(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, _MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 2**31)
-        names = sorted({m.name for m in self._state.data.models()})
+        names = self._models.names()
         page = names[offset : offset + limit]
         following = offset + limit if offset + limit < len(names) else None
         return json_response({"models": page, "total": len(names), "next_offset": following})
 
     async def describe(self, request: Request) -> Response:
-        return json_response(self._describe(request.path_params["name"]))
+        return json_response(await self._describe(request.path_params["name"]))
 
-    def _describe(self, name: str) -> dict[str, Any]:
-        data, control = self._state.data, self._state.control
-        versions = []
-        for version in data.versions(name):
-            info = data.model(name, version)
-            busy = control.load_of(name, version)
-            versions.append({
-                "version": version, "runtime": info.manifest.runtime, "device": info.device,
-                "instances": busy.instances, "queue_depth": busy.queue_depth,
-                "in_flight": busy.in_flight, "status": "ready", "scheduler": info.scheduler,
-                "max_batch_size": info.policy.max_batch_size, "sha256": info.sha256,
-            })  # fmt: skip
-        return {
-            "name": name, "default_version": control.default_version(name),
-            "split": control.split(name), "versions": versions,
-        }  # fmt: skip
+    async def _describe(self, name: str) -> dict[str, Any]:
+        return model_doc(await self._models.describe(name))
 
     async def _change(
         self,
@@ -157,7 +179,7 @@ class ManagementAPI:
         if self._registry is None:
             return result
         try:
-            served = self._state.control.snapshot()
+            served = self._models.snapshot()
             await asyncio.to_thread(self._registry.commit, served, self._actor, action, target)
         except ModelhostError as exc:
             await undo(result)
@@ -178,32 +200,29 @@ class ManagementAPI:
             log.warning("could not audit the refused %s of %s: %s", action, target, exc.message)
 
     async def register(self, request: Request) -> Response:
-        data, control = self._state.data, self._state.control
+        models = self._models
 
         async def apply() -> _Loaded:
             uploaded = media_type(request) == "application/octet-stream"
             source = await self._source(request)
-            defaults = {m.name: control.default_version(m.name) for m in data.models()}
-            served = {(m.name, m.version) for m in data.models()}
             try:
-                info = await control.load(source)
+                done = await models.load(source)
             except ModelhostError:
                 await self._forget(source, uploaded)
                 raise
             finally:
                 if source.origin == "upload":
                     source.path.unlink(missing_ok=True)
-            response = json_response(self._describe(info.name) | {"loaded": info.version})
-            fresh = (info.name, info.version) not in served
-            return _Loaded(response, info.name, info.version, fresh, defaults.get(info.name),
+            response = json_response(await self._describe(done.name) | {"loaded": done.version})
+            return _Loaded(response, done.name, done.version, done.fresh, done.previous_default,
                            source, uploaded)  # fmt: skip
 
         async def undo(loaded: _Loaded) -> None:
             if not loaded.fresh:
                 return  # it was served already: nothing changed
-            await control.unload(loaded.name, loaded.version)
+            await models.unload(loaded.name, loaded.version)
             if loaded.previous_default is not None:
-                control.set_default(loaded.name, loaded.previous_default)
+                await models.set_default(loaded.name, loaded.previous_default)
             await self._forget(loaded.source, loaded.uploaded)
 
         return (await self._change("load", "models", apply, undo)).response
@@ -237,7 +256,7 @@ class ManagementAPI:
 
     async def _upload(self, request: Request) -> ArchiveSource:
         """Stream the body to a file (never whole in memory), register it, return it."""
-        limit = self._state.settings.max_archive_upload_bytes
+        limit = self._max_upload_bytes
         self._upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self._upload_dir, suffix=".mh")
         path = Path(name)
@@ -268,89 +287,85 @@ class ManagementAPI:
 
     async def set_default(self, request: Request) -> Response:
         name = request.path_params["name"]
-        control = self._state.control
-        old: list[str] = []
+        models = self._models
 
-        async def apply() -> Response:
+        async def apply() -> tuple[Response, str]:
             version = _json_object(await request.body()).get("version")
             if not isinstance(version, str):
                 raise InvalidInput('version must be a string, e.g. {"version": "2"}')
-            old.append(control.default_version(name))
-            control.set_default(name, version)
-            return json_response(self._describe(name))
+            previous = await models.set_default(name, version)
+            return json_response(await self._describe(name)), previous
 
-        async def undo(_: Response) -> None:
-            control.set_default(name, old[0])
+        async def undo(done: tuple[Response, str]) -> None:
+            await models.set_default(name, done[1])
 
-        return await self._change("set_default", name, apply, undo)
+        return (await self._change("set_default", name, apply, undo))[0]
 
     async def set_split(self, request: Request) -> Response:
         name = request.path_params["name"]
-        control = self._state.control
-        old: list[dict[str, float]] = []
+        models = self._models
 
-        async def apply() -> Response:
+        async def apply() -> tuple[Response, dict[str, float]]:
             weights = _json_object(await request.body()).get("weights")
             if not isinstance(weights, dict) or not all(
                 isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values()
             ):
                 raise InvalidInput('weights must map versions to numbers: {"1": 90, "2": 10}')
-            old.append(control.split(name))
-            control.set_split(name, {str(v): float(w) for v, w in weights.items()})
-            return json_response(self._describe(name))
+            asked = {str(v): float(w) for v, w in weights.items()}
+            previous = await models.set_split(name, asked)
+            return json_response(await self._describe(name)), previous
 
-        async def undo(_: Response) -> None:
-            control.set_split(name, old[0])
+        async def undo(done: tuple[Response, dict[str, float]]) -> None:
+            await models.set_split(name, done[1])
 
-        return await self._change("set_split", name, apply, undo)
+        return (await self._change("set_split", name, apply, undo))[0]
 
     async def scale(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        control = self._state.control
-        old: list[int] = []
+        models = self._models
 
-        async def apply() -> Response:
+        async def apply() -> tuple[Response, int]:
             count = _json_object(await request.body()).get("instances")
             if not isinstance(count, int) or isinstance(count, bool):
                 raise InvalidInput('instances must be an integer, e.g. {"instances": 2}')
-            old.append(control.load_of(name, version).instances)
-            await control.scale(name, version, count)
-            return json_response(self._describe(name))
+            previous = await models.scale(name, version, count)
+            return json_response(await self._describe(name)), previous
 
-        async def undo(_: Response) -> None:
-            await control.scale(name, version, old[0])
+        async def undo(done: tuple[Response, int]) -> None:
+            await models.scale(name, version, done[1])
 
-        return await self._change("scale", f"{name}:{version}", apply, undo)
+        return (await self._change("scale", f"{name}:{version}", apply, undo))[0]
 
     async def unregister(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        control = self._state.control
+        models = self._models
 
-        async def apply() -> Any:
-            return control.detach(name, version)  # reversible until persisted
+        async def apply() -> None:
+            await models.detach(name, version)  # reversible until persisted
 
-        async def undo(detached: Any) -> None:
-            control.reattach(detached)
+        async def undo(_: None) -> None:
+            await models.reattach(name, version)
 
-        detached = await self._change("unload", f"{name}:{version}", apply, undo)
-        await control.drain(detached)
+        await self._change("unload", f"{name}:{version}", apply, undo)
+        await models.drain(name, version)
         return json_response({"unloaded": f"{name}:{version}"})
 
 
 def build_management_app(
-    state: ServerState, token: str, registry: RegistryPort | None = None
+    models: ManagedModels, settings: Settings, token: str, registry: RegistryPort | None = None
 ) -> Starlette:
     """The management app: token check outermost, then the body limit, then the routes.
 
     Uploads are streamed to ``home/uploads`` (never held in memory), up to
     ``max_archive_upload_bytes``.
     """
-    upload_dir = state.settings.home / "uploads"
+    limit = settings.max_archive_upload_bytes
+    api = ManagementAPI(models, registry, token_id(token), settings.home / "uploads", limit)
     return Starlette(
-        routes=ManagementAPI(state, registry, token_id(token), upload_dir).routes(),
+        routes=api.routes(),
         middleware=[
             Middleware(BearerAuth, token=token),
-            Middleware(BodyLimit, max_body_bytes=state.settings.max_archive_upload_bytes),
+            Middleware(BodyLimit, max_body_bytes=limit),
         ],
         exception_handlers={
             ModelhostError: on_modelhost_error,

@@ -1,204 +1,158 @@
-"""Run the server: open the engine (load + warm up), then uvicorn (uvloop + httptools).
+"""Run the server: one process, or a supervisor of worker processes (``--workers N``).
 
-On the first SIGTERM or SIGINT the server turns unready, stops accepting connections,
-finishes every request it accepted, drains the engine and returns (exit status 0). A
-second Ctrl-C forces the exit.
+    bind ──► the port answers (liveness 200; readiness and inference 503)
+         ──► load + warm up every archive ──► ready (readiness 200) ──► SIGTERM/SIGINT
+         ──► unready, no new connections, every accepted request answered, drained, exit 0
+
+A load error at start ends the server with that error (nothing was ready). A second Ctrl-C
+forces the exit. With several workers the supervisor does the same for all of them
+(``supervisor.py``); with one, this process serves directly, without any extra hop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
-import math
-import signal
-import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import uvicorn
 import uvloop
-from starlette.types import ASGIApp
 
-from modelhost import __version__
-from modelhost.api.app import build_app
-from modelhost.api.auth import TOKEN_FILE, load_or_create_token
+from modelhost.api.auth import TOKEN_FILE
+from modelhost.api.front import InferenceFront
+from modelhost.api.httpserver import HttpServer, url_of, uvicorn_config
 from modelhost.api.management import RegistryPort, build_management_app
-from modelhost.api.protocol import EdgeLimits, limited_protocol
-from modelhost.api.state import ServerState
+from modelhost.api.startup import (
+    Listeners,
+    ServeHooks,
+    open_listeners,
+    stop_signals,
+    until_done_or_stopped,
+)
+from modelhost.api.supervisor import supervise
 from modelhost.config import Settings
 from modelhost.errors import ConfigError
-from modelhost.home import prepare_home
-from modelhost.monitor.metrics import Metrics
-from modelhost.serving import ArchiveSource, ControlPlane, Engine, ModelInfo, engine_config
+from modelhost.runtimes.devices import may_use_accelerator
+from modelhost.serving import ArchiveSource, LoadReport, ManagedModels
+from modelhost.serving.policy import worker_count
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-log = logging.getLogger("modelhost.api")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn.Server that marks the state draining and does not re-raise the signal."""
-
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
-        super().__init__(config)
-        self._state = state
-        self.followers: list[uvicorn.Server] = []
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.draining = True
-        for other in self.followers:
-            other.should_exit = True
-        super().handle_exit(sig, frame)
+AfterLoad = Callable[[ManagedModels], Awaitable[None]]
 
 
-class _FollowerServer(uvicorn.Server):
-    """A second server (management) that stops when the inference server does."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """Bind a TCP socket for listening (``port`` 0 picks a free one).
+def workers_for(settings: Settings) -> int:
+    """How many worker processes ``settings`` ask for (``workers`` 0: README's rule).
 
     Raises:
-        ConfigError: the address is in use or not available on this machine.
+        ConfigError: shared placement, which is not available yet.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The base URL a bound socket answers on."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    if settings.placement == "shared":
+        raise ConfigError(
+            "--placement shared (one engine process per device, shared by the workers) is not "
+            "available yet; use --placement per-worker (a copy of each model in each worker)"
+        )
+    if settings.workers > 0:
+        return settings.workers
+    accelerator = may_use_accelerator(settings.device)
+    return worker_count(0, len(os.sched_getaffinity(0)), accelerator)
 
 
 async def serve_async(
     settings: Settings,
     archives: Sequence[Path | ArchiveSource],
+    hooks: ServeHooks | None = None,
     *,
-    on_loaded: Callable[[ModelInfo], None] | None = None,
-    on_listening: Callable[[str], None] | None = None,
-    on_management: Callable[[str, Path], None] | None = None,
     registry: RegistryPort | None = None,
-    after_load: Callable[[ControlPlane], Awaitable[None]] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    after_load: AfterLoad | None = None,
 ) -> None:
-    """Load ``archives``, serve until a signal, then drain. Load errors raise before any
-    request is served. The management API (token required) listens on its own port
-    unless ``management_port`` is -1; a non-loopback address needs ``public_management``.
+    """Serve ``archives`` until SIGTERM/SIGINT, then drain (see the module docstring).
 
-    The home is checked (and created) first; what was repaired in it is reported through
-    ``on_warning`` (default: logged).
+    ``after_load`` runs once everything is loaded, before the server is ready (a restore
+    of scale and split). The management API (token required) listens on its own port
+    unless ``management_port`` is -1.
 
     Raises:
         ConfigError: an unsafe home or token file, an address in use, a public management
-            address without ``public_management``.
+            address without ``public_management``, shared placement.
+        ModelhostError: a load at start failed.
     """
-    for warning in prepare_home(settings.home):
-        if on_warning is not None:
-            on_warning(warning)
+    hooks = hooks or ServeHooks()
+    count = workers_for(settings)
+    sources = [ArchiveSource(s) if isinstance(s, Path) else s for s in archives]
+    listeners = open_listeners(settings, hooks)
+    try:
+        if count > 1:
+            await supervise(settings, sources, listeners, count, hooks, registry, after_load)
         else:
-            log.warning("%s", warning)
-    manage = settings.management_port >= 0
-    if manage and not _is_loopback(settings.management_host) and not settings.public_management:
-        raise ConfigError(
-            f"refusing to expose the management API on {settings.management_host}: it can load "
-            "code; pass --public-management if you really mean it"
+            await _serve_one(settings, sources, listeners, hooks, registry, after_load)
+    finally:
+        listeners.close()
+
+
+async def _serve_one(
+    settings: Settings,
+    sources: list[ArchiveSource],
+    listeners: Listeners,
+    hooks: ServeHooks,
+    registry: RegistryPort | None,
+    after_load: AfterLoad | None,
+) -> None:
+    async with (
+        stop_signals() as stop,
+        InferenceFront.open(settings, listeners.inference) as front,
+    ):
+        await front.accept()
+        hooks.listening(url_of(listeners.inference))
+        management: list[HttpServer] = []
+        starting = asyncio.create_task(
+            _start(front, sources, listeners, hooks, registry, after_load, management)
         )
-    # Before any model loads: an unsafe token file fails the start at once.
-    token = load_or_create_token(settings.home) if manage else None
-    sock = bind(settings.host, settings.port)
-    msock = bind(settings.management_host, settings.management_port) if manage else None
-    state = ServerState(settings=settings, metrics=Metrics(__version__))
-    async with Engine.open(engine_config(settings), state.metrics) as engine:
-        for source in archives:
-            info = await engine.control.load(
-                ArchiveSource(source) if isinstance(source, Path) else source
-            )
-            if on_loaded is not None:
-                on_loaded(info)
-        if after_load is not None:
-            await after_load(engine.control)
-        if registry is not None:
-            await asyncio.to_thread(registry.started, engine.control.snapshot())
-        state.engine_ = engine
-        # Everything loaded so far lives as long as the server: move it out of the
-        # collector's sight. Without this, full collections over the model objects paused
-        # the event loop for 50-120 ms several times a second at c=32 (benchmarks/).
-        gc.collect()
-        gc.freeze()
-        server = _Server(_config(build_app(state), settings), state)
-        servers = [server.serve(sockets=[sock])]
-        if msock is not None and token is not None:
-            mgmt = _FollowerServer(_config(build_management_app(state, token, registry), settings))
-            server.followers = [mgmt]
-            servers.append(mgmt.serve(sockets=[msock]))
-            if on_management is not None:
-                on_management(url_of(msock), settings.home / TOKEN_FILE)
-        if on_listening is not None:
-            _notify_when_started(server, lambda: on_listening(url_of(sock)))
         try:
-            await asyncio.gather(*servers)
+            if await until_done_or_stopped(starting, stop):
+                await stop.requested.wait()
+            stopping = asyncio.create_task(front.stop())
+            forced = asyncio.create_task(stop.forced.wait())
+            await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if forced.done():
+                await front.stop(force=True)
+            forced.cancel()
         finally:
-            state.draining = True
+            await asyncio.gather(*(m.close() for m in management))
 
 
-def _config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        # httptools, with limits on header size and count and on slow heads and bodies.
-        http=limited_protocol(EdgeLimits.from_settings(settings)),
-        ws="none",
-        limit_concurrency=settings.max_connections,
-        lifespan="off",
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-    )
+async def _start(
+    front: InferenceFront,
+    sources: list[ArchiveSource],
+    listeners: Listeners,
+    hooks: ServeHooks,
+    registry: RegistryPort | None,
+    after_load: AfterLoad | None,
+    management: list[HttpServer],
+) -> None:
+    """Load, restore, record, turn ready, open the management API, announce."""
+    for source in sources:
+        _, info = await front.models.load_info(source)
+        hooks.loaded(LoadReport.of(info))
+    if after_load is not None:
+        await after_load(front.models)
+    if registry is not None:
+        await asyncio.to_thread(registry.started, front.models.snapshot())
+    front.ready()
+    if listeners.management is not None and listeners.token is not None:
+        app = build_management_app(front.models, front.state.settings, listeners.token, registry)
+        server = HttpServer(uvicorn_config(app, front.state.settings))
+        management.append(server)
+        await server.open(listeners.management)
+        hooks.management(url_of(listeners.management), front.state.settings.home / TOKEN_FILE)
+    hooks.serving(url_of(listeners.inference))
 
 
 def serve(
     settings: Settings,
     archives: Sequence[Path | ArchiveSource],
-    **callbacks: Any,
+    hooks: ServeHooks | None = None,
+    *,
+    registry: RegistryPort | None = None,
+    after_load: AfterLoad | None = None,
 ) -> None:
-    """Blocking :func:`serve_async` on a uvloop event loop (same keyword arguments)."""
-    uvloop.run(serve_async(settings, archives, **callbacks))
-
-
-def _notify_when_started(server: uvicorn.Server, callback: Callable[[], None]) -> None:
-    original = server.startup
-
-    async def startup(sockets: list[socket.socket] | None = None) -> None:
-        await original(sockets=sockets)
-        if server.started:
-            callback()
-
-    server.startup = startup  # type: ignore[method-assign]
+    """Blocking :func:`serve_async` on a uvloop event loop."""
+    uvloop.run(serve_async(settings, archives, hooks, registry=registry, after_load=after_load))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from modelhost.cli.base import HomeOption, app, err, friendly, out, registry_for, settings_from
 from modelhost.errors import ConfigError
@@ -44,29 +45,42 @@ def serve(
             help="allow archives whose format runs code (torch eager model.py, TorchScript)",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="worker processes on the port; 0 = auto (README: Worker processes)"),
+    ] = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(help="per-worker (a copy of each model in each worker) [per-worker]"),
+    ] = None,
 ) -> None:
     """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""
     from modelhost.api.server import serve as run
-    from modelhost.serving import ModelInfo
+    from modelhost.api.startup import ServeHooks
+    from modelhost.serving import LoadReport
 
     settings = settings_from(
         host=host, port=port, device=device, instances=instances, max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms, log_level=log_level, home=home,
         management_port=management_port, management_host=management_host,
         public_management=public_management or None, trust_code=trust_code or None,
+        workers=workers, placement=placement,
     )  # fmt: skip
     first: list[str] = []
 
-    def loaded(info: ModelInfo) -> None:
-        first.append(info.name)
+    def starting(url: str) -> None:
+        out.print(f"listening on {url}  (loading; ready once it says serving)", highlight=False)
+
+    def loaded(report: LoadReport) -> None:
+        first.append(report.name)
         out.print(
-            f"loaded {info.name}:{info.version}  runtime={info.manifest.runtime}  "
-            f"device={info.device}  instances={info.instances}  "
-            f"load {info.load_s * 1e3:.0f} ms  warm-up {info.warmup_s * 1e3:.1f} ms",
+            f"loaded {report.name}:{report.version}  runtime={report.runtime}  "
+            f"device={report.device}  instances={report.instances}  "
+            f"load {report.load_s * 1e3:.0f} ms  warm-up {report.warmup_s * 1e3:.1f} ms",
             highlight=False,
         )
 
-    def listening(url: str) -> None:
+    def serving(url: str) -> None:
         out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)
         if first:
             out.print(
@@ -76,7 +90,10 @@ def serve(
             )  # fmt: skip
 
     def warn(message: str) -> None:
-        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def event(message: str) -> None:
+        out.print(message, highlight=False, soft_wrap=True)
 
     def management(url: str, token_file: Path) -> None:
         out.print(f"management API on {url}  (bearer token in {token_file})", highlight=False)
@@ -95,11 +112,10 @@ def serve(
         sources, restore = _restored_sources(settings)
     uses_registry = any(s.origin == "registry" for s in sources)
     registry = ServerRegistry(settings, uses_registry=uses_registry)
+    hooks = ServeHooks(listening=starting, loaded=loaded, management=management,
+                       serving=serving, event=event, warning=warn)  # fmt: skip
     try:
-        run(
-            settings, sources, on_loaded=loaded, on_listening=listening, on_management=management,
-            on_warning=warn, registry=registry, after_load=restore,
-        )  # fmt: skip
+        run(settings, sources, hooks, registry=registry, after_load=restore)
     finally:
         registry.close()
     out.print("stopped")
@@ -129,14 +145,15 @@ def _restored_sources(settings: Any) -> tuple[list[Any], Any]:
             for s in served
         ]
 
-    async def restore(control: Any) -> None:
-        for s in served:
-            if s.instances > 1:
-                await control.scale(s.model, s.version, s.instances)
-        for name in sorted({s.model for s in served}):
-            weights = {s.version: s.weight for s in served if s.model == name and s.weight > 0}
-            if weights:
-                control.set_split(name, weights)
+    from modelhost.serving import VersionState, apply_routing
+
+    wanted = [
+        VersionState(s.model, s.version, "registry", s.is_default, s.weight, s.instances)
+        for s in served
+    ]
+
+    async def restore(models: Any) -> None:
+        await apply_routing(models, wanted)
 
     return sources, restore
 

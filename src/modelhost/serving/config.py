@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from modelhost.config import Settings
-from modelhost.serving.policy import torch_threads
+from modelhost.serving.policy import onnx_intra_op_threads, torch_threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +39,21 @@ class EngineConfig:
     max_archive_total_bytes: int = 4 * 1024**3
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    """The serving core's part of ``settings``, with the thread policy applied."""
+def engine_config(settings: Settings, workers: int = 1) -> EngineConfig:
+    """The serving core's part of ``settings`` for one of ``workers`` front processes,
+    with the thread policy applied: automatic thread counts share the cores among the
+    workers, so N workers do not run N x cores intra-op threads.
+    """
+    cores = len(os.sched_getaffinity(0))
     return EngineConfig(
         instances=settings.instances,
         device=settings.device,
         torch_threads=torch_threads(
-            settings.torch_threads, len(os.sched_getaffinity(0)), settings.instances
+            settings.torch_threads, max(1, cores // max(1, workers)), settings.instances
         ),
-        onnx_intra_op_threads=settings.onnx_intra_op_threads,
+        onnx_intra_op_threads=onnx_intra_op_threads(
+            settings.onnx_intra_op_threads, cores, workers, settings.instances
+        ),
         onnx_inter_op_threads=settings.onnx_inter_op_threads,
         onnx_allow_spinning=settings.onnx_allow_spinning,
         max_batch_size=settings.max_batch_size or None,

@@ -134,3 +134,59 @@ def retry_after_s(depth: int, items_per_s: float) -> int:
     if items_per_s <= 0:
         return 1
     return max(1, min(60, math.ceil(depth / items_per_s)))
+
+
+def worker_count(requested: int, cores: int, accelerator: bool, cap: int = 8) -> int:
+    """Front processes ``modelhost serve`` runs: ``requested``, or when 0 (auto) one per
+    core, at most ``cap``, at least 1; with models on an accelerator (GPU), 1.
+
+    Each worker holds its own copy of every model (per-worker placement), so on a GPU more
+    workers would multiply its memory and contend for it: 1 until shared placement exists.
+    The cap bounds the copies (and their memory) on large CPU machines.
+
+    >>> worker_count(0, cores=2, accelerator=False)
+    2
+    >>> worker_count(0, cores=64, accelerator=False)
+    8
+    >>> worker_count(0, cores=16, accelerator=True)
+    1
+    >>> worker_count(3, cores=2, accelerator=True)
+    3
+    """
+    if requested > 0:
+        return requested
+    if accelerator:
+        return 1
+    return max(1, min(cores, cap))
+
+
+def onnx_intra_op_threads(requested: int, cores: int, workers: int, instances: int) -> int:
+    """Intra-op threads per ONNX Runtime session: ``requested``; when 0 and one worker,
+    0 (onnxruntime's own choice: all cores); with several workers the cores are shared
+    among every worker's instances (at least 1), so N workers do not run N x cores threads.
+
+    >>> onnx_intra_op_threads(0, cores=16, workers=1, instances=1)
+    0
+    >>> onnx_intra_op_threads(0, cores=16, workers=4, instances=2)
+    2
+    >>> onnx_intra_op_threads(0, cores=2, workers=4, instances=1)
+    1
+    >>> onnx_intra_op_threads(3, cores=2, workers=4, instances=1)
+    3
+    """
+    if requested > 0 or workers <= 1:
+        return requested
+    return max(1, cores // (workers * max(1, instances)))
+
+
+def restart_delay_s(failures: int, cap_s: float = 30.0) -> float:
+    """Seconds to wait before starting a worker again after ``failures`` failed starts in
+    a row: none the first time (a crash), then 1 s doubling up to ``cap_s`` (a model that
+    no longer loads must not make the supervisor spin).
+
+    >>> [restart_delay_s(n) for n in (0, 1, 2, 3, 10)]
+    [0.0, 1.0, 2.0, 4.0, 30.0]
+    """
+    if failures <= 0:
+        return 0.0
+    return float(min(cap_s, 2.0 ** (failures - 1)))
