@@ -30,7 +30,10 @@ from modelhost.config import Settings
 async def run(listen_fd: int, channel_fd: int) -> None:
     """Serve as the supervisor says until stopped."""
     channel = await ChannelServer.open(socket.socket(fileno=channel_fd))
-    start = WorkerStart.from_doc(await channel.start_document())
+    try:
+        start = WorkerStart.from_doc(await channel.start_document())
+    except EOFError:  # the supervisor is gone already: nothing to serve
+        return
     settings = Settings(**start.settings)
     sock = socket.socket(fileno=listen_fd)
     async with stop_signals() as stop:
