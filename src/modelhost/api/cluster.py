@@ -37,6 +37,7 @@ from modelhost.serving import (
     LoadResult,
     ModelView,
     VersionState,
+    VersionView,
     WorkerView,
 )
 
@@ -118,15 +119,13 @@ class ClusterModels:
         members = self._live()
         views = await asyncio.gather(*(w.describe(name) for w in members))
         first = views[0]
-        busy = {
-            v.version: (sum(x.queue_depth for x in vs), sum(x.in_flight for x in vs))
-            for v in first.versions
-            for vs in [[x for view in views for x in view.versions if x.version == v.version]]
-        }
-        versions = tuple(
-            dataclasses.replace(v, queue_depth=busy[v.version][0], in_flight=busy[v.version][1])
-            for v in first.versions
-        )
+
+        def summed(version: VersionView) -> VersionView:  # the load of every worker
+            same = [v for view in views for v in view.versions if v.version == version.version]
+            queued, running = sum(v.queue_depth for v in same), sum(v.in_flight for v in same)
+            return dataclasses.replace(version, queue_depth=queued, in_flight=running)
+
+        versions = tuple(summed(v) for v in first.versions)
         reports = tuple(WorkerView(w.pid, view) for w, view in zip(members, views, strict=True))
         return ModelView(first.name, first.default_version, first.split, versions, reports)
 
