@@ -210,20 +210,23 @@ async def test_requests_of_two_workers_share_one_batch(bench):
             assert result.batch_size == 6
 
 
+# Requests are made when the test runs: a deadline taken at collection would have passed
+# by then in a long suite.
 @pytest.mark.parametrize(
-    ("model", "request_", "error", "match"),
+    ("model", "make", "error", "match"),
     [
-        ("nope", req(1, 0), ModelNotFound, "'nope'"),
-        ("m", InferRequest({"x": np.ones((1, 4), np.int32)}, 1e12), InvalidInput, "int32"),
-        ("m", InferRequest({"z": np.ones((1, 4), np.float32)}, 1e12), InvalidInput, "'z'"),
-        ("m", req(1, -5), InferenceFailed, "negative input"),
-        ("m", req(1, 0, deadline_s=time.monotonic() - 1), DeadlineExceeded, "deadline"),
+        ("nope", lambda: req(1, 0), ModelNotFound, "'nope'"),
+        ("m", lambda: InferRequest({"x": np.ones((1, 4), np.int32)}, 1e12), InvalidInput, "int32"),
+        ("m", lambda: InferRequest({"z": np.ones((1, 4), np.float32)}, 1e12), InvalidInput, "'z'"),
+        ("m", lambda: req(1, -5), InferenceFailed, "negative input"),
+        ("m", lambda: req(1, 0, deadline_s=time.monotonic() - 1), DeadlineExceeded, "deadline"),
     ],
+    ids=["unknown-model", "wrong-dtype", "wrong-name", "model-fails", "past-deadline"],
 )
-async def test_engine_errors_come_back_as_the_same_class(bench, model, request_, error, match):
+async def test_engine_errors_come_back_as_the_same_class(bench, model, make, error, match):
     async with bench.client() as client:
         with pytest.raises(error, match=match):
-            await asyncio.wait_for(RemoteScheduler(client, model, "1").submit(request_, 1), WAIT_S)
+            await asyncio.wait_for(RemoteScheduler(client, model, "1").submit(make(), 1), WAIT_S)
         assert client.slots_in_use == 0
 
 
