@@ -193,39 +193,30 @@ def _pipeline_child(
 def _pipeline_steps(
     manifest: Any, body: Body
 ) -> tuple[Callable[[], dict[str, np.ndarray]], Callable[[dict[str, np.ndarray]], bytes]]:
-    """What the server does around the model for ``body``: decode and encode, by route."""
-    import orjson
-
-    from modelhost.codecs.classification import classify
-    from modelhost.codecs.images import decode_image
-    from modelhost.codecs.instances import decode_instances
-    from modelhost.codecs.kserve_v2 import decode_request, encode_response
+    """What the server does around the model for ``body``: the route's own decode and
+    encode calls over the model's task codec (run inline here: no HTTP, no threads)."""
+    from modelhost.api.kserve_v2 import encode_result
+    from modelhost.api.native import encode_predictions
+    from modelhost.codecs.steps import finish
+    from modelhost.codecs.task import TaskCodec
     from modelhost.serving.warmup import specs_of
+    from modelhost.types import InferResult
 
-    inputs, outputs = specs_of(manifest.inputs), specs_of(manifest.outputs)
-    prep, post, labels = manifest.preprocessing, manifest.postprocessing, manifest.labels
-    name = inputs[0].name
+    codec = TaskCodec.for_manifest(manifest, specs_of(manifest.inputs), specs_of(manifest.outputs))
     if body.kind in ("png", "json"):
-
-        def decode() -> dict[str, np.ndarray]:
-            if body.kind == "png":
-                return {name: decode_image(body.data, prep)[None]}
-            return decode_instances(body.data, inputs, prep)
-
-        def encode(out: dict[str, np.ndarray]) -> bytes:
-            scores = out[outputs[0].name]
-            return orjson.dumps({"predictions": classify(scores, labels, post)})
-
-        return decode, encode
+        kind = body.headers["Content-Type"]
+        return (
+            lambda: finish(codec.decode(body.data, kind)),
+            lambda out: encode_predictions(codec, out),
+        )
     length = int(body.headers.get("Inference-Header-Content-Length", "0")) or None
-    decoded = decode_request(body.data, length, inputs, outputs)
+    request = finish(codec.decode_tensors(body.data, length))
 
     def decode_v2() -> dict[str, np.ndarray]:
-        return dict(decode_request(body.data, length, inputs, outputs).inputs)
+        return dict(finish(codec.decode_tensors(body.data, length)).inputs)
 
     def encode_v2(out: dict[str, np.ndarray]) -> bytes:
-        payload, _ = encode_response(MODEL, "1", None, out, decoded.outputs, decoded.binary_outputs)
-        return bytes(payload)
+        return bytes(encode_result(codec, InferResult(MODEL, "1", out), request)[0])
 
     return decode_v2, encode_v2
 
