@@ -438,7 +438,7 @@ class LoadResult:
 
 _WRK_LUA = """\
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "{content_type}"
+{headers}
 local f = assert(io.open("{body_file}", "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -454,10 +454,16 @@ end
 """
 
 
+def wrk_script(headers: dict[str, str], body_file: Path) -> str:
+    """The wrk Lua script POSTing ``body_file`` with ``headers``, printing one WRK_JSON line."""
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    return _WRK_LUA.format(headers=lines, body_file=body_file)
+
+
 def run_wrk(target: LoadTarget, concurrency: int, duration_s: float, threads: int) -> LoadResult:
     """Closed-loop load with wrk: ``concurrency`` keep-alive connections."""
     script = target.body_file.with_suffix(".lua")
-    script.write_text(_WRK_LUA.format(content_type=target.content_type, body_file=target.body_file))
+    script.write_text(wrk_script({"Content-Type": target.content_type}, target.body_file))
     cmd = [
         "wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency),
         "-d", f"{max(1, round(duration_s))}s", "--timeout", "10s", "--latency",

@@ -46,6 +46,7 @@ from serve_digits import (
     prepare_archives,
     proc_status_kib,
     wait_until_quiet,
+    wrk_script,
 )
 
 BATCH_SIZES = (1, 4, 16, 32, 64)
@@ -236,23 +237,6 @@ def _on_all_cores(target: Callable[..., None], args: tuple[Any, ...], cores: int
 
 # ---------------------------------------------------------------------------------- served
 
-_WRK_LUA = """\
-wrk.method = "POST"
-{headers}
-local f = assert(io.open("{body_file}", "rb"))
-wrk.body = f:read("*a")
-f:close()
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK_JSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, "
-    .. "\\"errors\\": %d}}\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
-
 
 @dataclass(slots=True)
 class Cell:
@@ -267,9 +251,8 @@ class Cell:
 def run_wrk(url: str, body: Body, workdir: Path, concurrency: int, duration_s: float) -> Cell:
     body_file = workdir / f"{body.kind}.body"
     body_file.write_bytes(body.data)
-    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in body.headers.items())
     script = workdir / f"{body.kind}.lua"
-    script.write_text(_WRK_LUA.format(headers=headers, body_file=body_file))
+    script.write_text(wrk_script(body.headers, body_file))
     cmd = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
            "--timeout", "10s", "--latency", "-s", str(script), url + body.path]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
