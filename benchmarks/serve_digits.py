@@ -464,10 +464,15 @@ def run_wrk(target: LoadTarget, concurrency: int, duration_s: float, threads: in
     """Closed-loop load with wrk: ``concurrency`` keep-alive connections."""
     script = target.body_file.with_suffix(".lua")
     script.write_text(wrk_script({"Content-Type": target.content_type}, target.body_file))
+    return wrk(script, target.url + target.path, concurrency, duration_s, threads)
+
+
+def wrk(script: Path, url: str, concurrency: int, duration_s: float, threads: int) -> LoadResult:
+    """Run wrk with a :func:`wrk_script` against ``url``; its figures."""
     cmd = [
         "wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency),
         "-d", f"{max(1, round(duration_s))}s", "--timeout", "10s", "--latency",
-        "-s", str(script), target.url + target.path,
+        "-s", str(script), url,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     match = re.search(r"WRK_JSON (\{.*\})", done.stdout)

@@ -24,9 +24,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import re
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ from serve_digits import (
     prepare_archives,
     proc_status_kib,
     wait_until_quiet,
+    wrk,
     wrk_script,
 )
 
@@ -253,19 +251,8 @@ def run_wrk(url: str, body: Body, workdir: Path, concurrency: int, duration_s: f
     body_file.write_bytes(body.data)
     script = workdir / f"{body.kind}.lua"
     script.write_text(wrk_script(body.headers, body_file))
-    cmd = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
-           "--timeout", "10s", "--latency", "-s", str(script), url + body.path]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    match = re.search(r"WRK_JSON (\{.*\})", done.stdout)
-    if done.returncode != 0 or match is None:
-        sys.exit(f"{shlex.join(cmd)} failed:\n{done.stdout}{done.stderr}")
-    doc = json.loads(match.group(1))
-    return Cell(
-        rps=doc["requests"] / (doc["duration_us"] / 1e6),
-        p50_ms=doc["p50_us"] / 1e3,
-        p99_ms=doc["p99_us"] / 1e3,
-        errors=doc["errors"],
-    )
+    load = wrk(script, url + body.path, concurrency, duration_s, threads=1)
+    return Cell(load.requests / load.duration_s, load.p50_ms, load.p99_ms, load.errors)
 
 
 def tree_rss_mib(pid: int) -> float:
