@@ -173,6 +173,20 @@ class Settings(BaseSettings):
         description="where a model lives with several workers: a copy in each worker, or one "
         "engine process per device that batches across workers",
     )
+    engine_slots: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="shared placement: requests one worker may have in the engine process at "
+        "once (more get 503 + Retry-After at once)",
+    )
+    engine_slot_bytes: int = Field(
+        1024**2,
+        ge=4096,
+        le=256 * 1024**2,
+        description="shared placement: shared memory per slot for a request's tensors; larger "
+        "ones travel in one-off segments (each worker maps slots x this in /dev/shm)",
+    )
     codec_threads: int = Field(
         0,
         ge=0,

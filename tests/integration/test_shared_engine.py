@@ -29,7 +29,7 @@ from modelhost.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Over
 from modelhost.monitor.metrics import Metrics
 from modelhost.serving import ArchiveSource, Engine, EngineConfig
 from modelhost.serving.engine_client import EngineClient
-from modelhost.serving.remote import RemoteScheduler
+from modelhost.serving.remote import EngineLink, RemoteScheduler
 from modelhost.types import InferRequest
 from support.archives import repack, slow_archive
 
@@ -174,7 +174,7 @@ async def test_two_worker_processes_get_the_in_process_answers(engine, images, e
     np.save(tmp_path / "theirs.npy", images[12:])
     other = engine.worker("digits", "2", "answer", tmp_path / "theirs.npy", tmp_path / "out.npz")
     async with engine.client() as client:
-        scheduler = RemoteScheduler(client, "digits", "2")
+        scheduler = RemoteScheduler(EngineLink.of(client), "digits", "2")
         mine = await asyncio.gather(
             *(scheduler.submit(digits(images[i : i + 1]), 1) for i in range(12))
         )
@@ -188,7 +188,7 @@ async def test_two_worker_processes_get_the_in_process_answers(engine, images, e
 
 async def test_requests_of_two_worker_processes_share_one_batch(engine):
     async with engine.client() as client:
-        scheduler = RemoteScheduler(client, "slow", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "slow", "1")
         busy = scheduler.submit(row(1.0), 1)  # computes until the gate file exists
         await wait_for_metric(client, "modelhost_in_flight_requests", "slow", "1", 1)
         await wait_for_metric(client, "modelhost_pending_requests", "slow", "1", 0)
@@ -210,16 +210,16 @@ async def test_errors_of_the_engine_are_raised_as_the_same_classes(engine, image
     async with engine.client() as client:
         one = images[:1]
         with pytest.raises(ModelNotFound, match="'nope'"):
-            await RemoteScheduler(client, "nope", "1").submit(digits(one), 1)
+            await RemoteScheduler(EngineLink.of(client), "nope", "1").submit(digits(one), 1)
         with pytest.raises(ModelNotFound, match="no version '9'"):
-            await RemoteScheduler(client, "digits", "9").submit(digits(one), 1)
+            await RemoteScheduler(EngineLink.of(client), "digits", "9").submit(digits(one), 1)
         with pytest.raises(InvalidInput, match=r"shape \[1, 28, 28\]"):
-            await RemoteScheduler(client, "digits", "2").submit(digits(images[0]), 1)
+            await RemoteScheduler(EngineLink.of(client), "digits", "2").submit(digits(images[0]), 1)
         with pytest.raises(DeadlineExceeded):
-            await RemoteScheduler(client, "digits", "2").submit(
+            await RemoteScheduler(EngineLink.of(client), "digits", "2").submit(
                 digits(one, time.monotonic() - 1), 1
             )
-        tight = RemoteScheduler(client, "slow", "2")  # max_queue 2
+        tight = RemoteScheduler(EngineLink.of(client), "slow", "2")  # max_queue 2
         busy = tight.submit(row(1.0), 1)
         await wait_for_metric(client, "modelhost_in_flight_requests", "slow", "2", 1)
         await wait_for_metric(client, "modelhost_pending_requests", "slow", "2", 0)
@@ -250,7 +250,7 @@ async def test_a_killed_worker_leaves_the_engine_serving_and_no_shared_memory(
     )
     assert not (SHM / arena).exists()  # the engine (or the dead worker's tracker) unlinked it
     async with engine.client() as client:
-        scheduler = RemoteScheduler(client, "digits", "2")
+        scheduler = RemoteScheduler(EngineLink.of(client), "digits", "2")
         answers = await asyncio.gather(
             *(scheduler.submit(digits(images[i : i + 1]), 1) for i in range(len(images)))
         )

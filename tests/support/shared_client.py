@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from modelhost.serving.engine_client import EngineClient
-from modelhost.serving.remote import RemoteScheduler
+from modelhost.serving.remote import EngineLink, RemoteScheduler
 from modelhost.types import InferRequest
 
 
@@ -37,7 +37,7 @@ def request(x: np.ndarray) -> InferRequest:
 
 async def main(socket: str, prefix: str, model: str, version: str, mode: str, *rest: str) -> None:
     async with EngineClient.connect(Path(socket), prefix=prefix, slots=16) as client:
-        scheduler = RemoteScheduler(client, model, version)
+        scheduler = RemoteScheduler(EngineLink.of(client), model, version)
         say("connected")
         if mode == "answer":
             rows = np.load(rest[0])

@@ -16,6 +16,12 @@ cannot miss a change. Ordering keeps traffic from failing:
 The cluster remembers what each version was loaded from (uploads are copied, since the
 management API removes its upload file) and the served state the workers last agreed
 on: a restarted worker loads the one and routes as the other says.
+
+Shared placement adds the engine process, which holds every version's instances: a load
+or a scale is applied there first (workers check the engine serves the same bytes, and
+take note of its count); an unload reaches it last, once every worker has drained; the
+routing (default, split) is the workers' alone. A restarted engine process converges to
+the served state, then every worker reconnects to it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class ClusterModels:
         self._sources: dict[tuple[str, str], ArchiveSource] = {}
         self._served: list[VersionState] = []
         self._detached: dict[tuple[str, str], set[int]] = {}  # version -> pids holding it
+        self.engine: RemoteWorker | None = None  # shared placement: the engine process
         self.lock = asyncio.Lock()
 
     # --- membership ----------------------------------------------------------------------
@@ -72,6 +79,7 @@ class ClusterModels:
         Returns the load reports of the first worker. Raises the first worker's error.
         """
         async with self.lock:
+            engine = None if self.engine is None else await self.engine.converge(sources, None)
             done = await asyncio.gather(*(w.converge(sources, None) for w in workers))
             first = done[0]
             for source, result in zip(sources, first.results, strict=True):
@@ -81,7 +89,7 @@ class ClusterModels:
                 if list(converged.served) != self._served:
                     raise ModelNotReady(f"{worker} loaded another state than {workers[0]}")
             self._members.update({w.pid: w for w in workers})
-            return list(first.reports)
+            return list((engine or first).reports)
 
     async def open(self) -> None:
         """Have every member take requests (after :meth:`start` and a restore)."""
@@ -106,6 +114,27 @@ class ClusterModels:
     def leave(self, worker: RemoteWorker) -> None:
         """Forget a worker that exited (changes no longer wait for it)."""
         self._members.pop(worker.pid, None)
+        if self.engine is worker:
+            self.engine = None
+
+    async def replace_engine(self, engine: RemoteWorker) -> int:
+        """Converge a restarted engine process to the served state (every version loaded,
+        scaled as before), then have every worker reconnect to it.
+
+        Returns the number of versions. Raises ModelNotReady when the engine cannot
+        converge; a worker that cannot reconnect is restarted (it converges anew).
+        """
+        async with self.lock:
+            sources = [self._sources[(s.name, s.version)] for s in self._served]
+            await engine.converge(sources, list(self._served))
+            self.engine = engine
+            await self._on_each(list(self._members.values()), lambda w: w.reconnect())
+            return len(self._served)
+
+    def _engine(self) -> RemoteWorker:
+        if self.engine is None:
+            raise ModelNotReady("the engine process is restarting; try the change again shortly")
+        return self.engine
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -119,13 +148,24 @@ class ClusterModels:
         members = self._live()
         views = await asyncio.gather(*(w.describe(name) for w in members))
         first = views[0]
+        shared = None if self.engine is None else await self._engine().describe(name)
 
         def summed(version: VersionView) -> VersionView:  # the load of every worker
             same = [v for view in views for v in view.versions if v.version == version.version]
             queued, running = sum(v.queue_depth for v in same), sum(v.in_flight for v in same)
             return dataclasses.replace(version, queue_depth=queued, in_flight=running)
 
-        versions = tuple(summed(v) for v in first.versions)
+        def engines(version: VersionView) -> VersionView:  # the engine holds the queue
+            held = shared.versions if shared is not None else ()
+            there = next((v for v in held if v.version == version.version), None)
+            if there is None:
+                return version
+            return dataclasses.replace(
+                version, instances=there.instances, queue_depth=there.queue_depth,
+                in_flight=there.in_flight,
+            )  # fmt: skip
+
+        versions = tuple(summed(v) if shared is None else engines(v) for v in first.versions)
         reports = tuple(WorkerView(w.pid, view) for w, view in zip(members, views, strict=True))
         return ModelView(first.name, first.default_version, first.split, versions, reports)
 
@@ -134,27 +174,8 @@ class ClusterModels:
     async def load(self, source: ArchiveSource) -> LoadResult:
         async with self.lock:
             kept = await self._keep(source)
-            pinned = dataclasses.replace(kept, default=False)
-
-            async def unload_fresh(w: RemoteWorker, r: LoadResult) -> None:
-                if r.fresh:
-                    await w.unload(r.name, r.version)
-
-            members = self._live()
             try:
-                results = await self._everywhere(lambda w: w.load(pinned), unload_fresh, members)
-                first = results[0]
-                if kept.default and first.fresh:
-                    name, version = first.name, first.version
-                    try:
-                        await self._everywhere(
-                            lambda w: w.set_default(name, version),
-                            lambda w, previous: w.set_default(name, previous),
-                            members,
-                        )
-                    except ModelhostError:
-                        await self._undo_each(members, results, unload_fresh)
-                        raise
+                first = await self._load_everywhere(kept)
             except BaseException:
                 self._release(kept)
                 raise
@@ -165,6 +186,32 @@ class ClusterModels:
                 self._release(kept)
             await self._agree()
             return first
+
+    async def _load_everywhere(self, kept: ArchiveSource) -> LoadResult:
+        """Load in the engine process (shared placement: first, since workers check that it
+        serves these bytes), then in every worker, then make it the default if asked."""
+        pinned = dataclasses.replace(kept, default=False)
+        members, engine = self._live(), self.engine
+        held = None if engine is None else await engine.load(pinned)
+        try:
+            results = await self._everywhere(lambda w: w.load(pinned), _unload_fresh, members)
+            first = results[0]
+            if kept.default and first.fresh:
+                name, version = first.name, first.version
+                try:
+                    await self._everywhere(
+                        lambda w: w.set_default(name, version),
+                        lambda w, previous: w.set_default(name, previous),
+                        members,
+                    )
+                except ModelhostError:
+                    await self._undo_each(members, results, _unload_fresh)
+                    raise
+        except BaseException:
+            if engine is not None and held is not None:
+                await self._undo_each([engine], [held], _unload_fresh)
+            raise
+        return first
 
     async def unload(self, name: str, version: str) -> None:
         await self.detach(name, version)
@@ -191,6 +238,8 @@ class ClusterModels:
         holders = self._detached.pop((name, version), set())
         members = [w for pid, w in self._members.items() if pid in holders]
         await self._on_each(members, lambda w: w.drain(name, version))
+        if self.engine is not None:  # no worker sends it anything now
+            await self._on_each([self.engine], lambda e: e.unload(name, version))
         self._release(self._sources.pop((name, version), None))
 
     async def set_default(self, name: str, version: str) -> str:
@@ -212,12 +261,29 @@ class ClusterModels:
 
     async def scale(self, name: str, version: str, instances: int) -> int:
         async with self.lock:
+            if self.engine is not None:
+                return await self._scale_engine(self.engine, name, version, instances)
             previous = await self._everywhere(
                 lambda w: w.scale(name, version, instances),
                 lambda w, old: w.scale(name, version, old),
             )
             await self._agree()
             return previous[0]
+
+    async def _scale_engine(
+        self, engine: RemoteWorker, name: str, version: str, instances: int
+    ) -> int:
+        """Shared placement: the engine process scales; the workers take note of it."""
+        previous = await engine.scale(name, version, instances)
+        try:
+            await self._everywhere(lambda w: w.scale(name, version, instances), _nothing)
+        except BaseException:
+            # Workers read the count again with their next answer from the engine.
+            await self._undo_each([engine], [previous],
+                                  lambda e, old: e.scale(name, version, old))  # fmt: skip
+            raise
+        await self._agree()
+        return previous
 
     # --- mechanism -----------------------------------------------------------------------
 
@@ -300,6 +366,16 @@ class ClusterModels:
     def _release(self, source: ArchiveSource | None) -> None:
         if source is not None and source.origin == "upload":
             source.path.unlink(missing_ok=True)
+
+
+async def _nothing(worker: RemoteWorker, result: object) -> None:
+    """Nothing to undo."""
+
+
+async def _unload_fresh(worker: RemoteWorker, result: LoadResult) -> None:
+    """Undo a load: unload the version where that load added it."""
+    if result.fresh:
+        await worker.unload(result.name, result.version)
 
 
 def _most_telling(failures: list[BaseException]) -> BaseException:

@@ -12,10 +12,12 @@ each; they differ only in who tells it what to load (the CLI's archives, or the 
 
 from __future__ import annotations
 
+import functools
 import gc
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from modelhost import __version__
 from modelhost.api.app import build_app
@@ -24,32 +26,73 @@ from modelhost.api.state import ServerState
 from modelhost.config import Settings
 from modelhost.monitor.metrics import Metrics
 from modelhost.serving import Engine, LocalModels, engine_config
+from modelhost.serving.remote import EngineLink, RemotePlacement
 
 
 class InferenceFront:
     """An engine, its :class:`LocalModels`, and the inference app on a listening socket."""
 
-    def __init__(self, state: ServerState, engine: Engine, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        engine: Engine,
+        sock: socket.socket,
+        link: EngineLink | None = None,
+    ) -> None:
         self.state = state
         self.engine = engine
         self.models = LocalModels(engine.data, engine.control)
+        self.link = link
         self._sock = sock
         self._server = HttpServer(uvicorn_config(build_app(state), state.settings))
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings, sock: socket.socket, workers: int = 1
+        cls,
+        settings: Settings,
+        sock: socket.socket,
+        workers: int = 1,
+        engine_socket: Path | None = None,
     ) -> AsyncIterator[InferenceFront]:
         """A front over an empty engine (thread counts shared among ``workers``); on exit
-        it stops accepting, answers what it accepted, and drains the engine."""
+        it stops accepting, answers what it accepted, and drains the engine.
+
+        ``engine_socket``: shared placement; versions are served by the engine process
+        listening there (this process holds no model, only their manifests).
+        """
         state = ServerState(settings=settings, metrics=Metrics(__version__))
-        async with Engine.open(engine_config(settings, workers), state.metrics) as engine:
-            front = cls(state, engine, sock)
-            try:
-                yield front
-            finally:
-                await front.stop()
+        config = engine_config(settings, workers)
+        if engine_socket is None:
+            async with Engine.open(config, state.metrics) as engine:
+                front = cls(state, engine, sock)
+                try:
+                    yield front
+                finally:
+                    await front.stop()
+            return
+        link = EngineLink(
+            engine_socket, slots=settings.engine_slots, slot_bytes=settings.engine_slot_bytes
+        )
+        try:
+            placement = functools.partial(RemotePlacement, link)
+            async with Engine.open(config, state.metrics, placement) as engine:
+                front = cls(state, engine, sock, link)
+                try:
+                    yield front
+                finally:
+                    await front.stop()
+        finally:
+            await link.close()
+
+    async def reconnect_engine(self) -> None:
+        """Connect to the engine process anew (it restarted and loaded the same versions)
+        and take note of each version's instances there."""
+        if self.link is None:
+            return
+        await self.link.reconnect()
+        for state in self.models.snapshot():
+            await self.link.version(state.name, state.version)
 
     @property
     def is_ready(self) -> bool:

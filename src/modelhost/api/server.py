@@ -31,7 +31,6 @@ from modelhost.api.startup import (
 )
 from modelhost.api.supervisor import supervise
 from modelhost.config import Settings
-from modelhost.errors import ConfigError
 from modelhost.runtimes.devices import may_use_accelerator
 from modelhost.serving import ArchiveSource, LoadReport, ManagedModels
 from modelhost.serving.policy import worker_count
@@ -40,20 +39,12 @@ AfterLoad = Callable[[ManagedModels], Awaitable[None]]
 
 
 def workers_for(settings: Settings) -> int:
-    """How many worker processes ``settings`` ask for (``workers`` 0: README's rule).
-
-    Raises:
-        ConfigError: shared placement, which is not available yet.
-    """
-    if settings.placement == "shared":
-        raise ConfigError(
-            "--placement shared (one engine process per device, shared by the workers) is not "
-            "available yet; use --placement per-worker (a copy of each model in each worker)"
-        )
+    """How many front processes ``settings`` ask for (``workers`` 0: README's rule)."""
     if settings.workers > 0:
         return settings.workers
     accelerator = may_use_accelerator(settings.device)
-    return worker_count(0, len(os.sched_getaffinity(0)), accelerator)
+    shared = settings.placement == "shared"
+    return worker_count(0, len(os.sched_getaffinity(0)), accelerator, shared)
 
 
 async def serve_async(
@@ -72,7 +63,7 @@ async def serve_async(
 
     Raises:
         ConfigError: an unsafe home or token file, an address in use, a public management
-            address without ``public_management``, shared placement.
+            address without ``public_management``.
         ModelhostError: a load at start failed.
     """
     hooks = hooks or ServeHooks()
@@ -80,7 +71,7 @@ async def serve_async(
     sources = [ArchiveSource(s) if isinstance(s, Path) else s for s in archives]
     listeners = open_listeners(settings, hooks)
     try:
-        if count > 1:
+        if count > 1 or settings.placement == "shared":
             await supervise(settings, sources, listeners, count, hooks, registry, after_load)
         else:
             await _serve_one(settings, sources, listeners, hooks, registry, after_load)

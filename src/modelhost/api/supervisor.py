@@ -9,6 +9,9 @@ plane.
 
 Start: spawn N workers (each answers on the port at once: liveness 200, readiness 503),
 have each load the archives, restore the routing, then open them all: ready.
+``--placement shared``: first one engine process (``role="engine"``, no HTTP) that loads
+the models and batches for every worker; workers hold manifests only and send tensors
+to it through shared memory. It restarts like a worker; the workers then reconnect.
 A worker that exits is restarted; the new one loads and routes like the others (holding
 the cluster's lock, so no change slips by) before it accepts a connection.
 SIGTERM/SIGINT: every worker stops accepting and answers what it accepted; exit 0.
@@ -84,6 +87,8 @@ class Supervisor:
         self._metrics = run / "metrics"
         self.cluster = ClusterModels(run / "uploads", on_diverged=self._restart)
         self._current: dict[int, WorkerProcess] = {}
+        self._engine: WorkerProcess | None = None
+        self._engine_socket = run / "engine.sock" if settings.placement == "shared" else None
         self._keepers: list[asyncio.Task[None]] = []
         self._management: HttpServer | None = None
         self._stopping = asyncio.Event()
@@ -113,6 +118,12 @@ class Supervisor:
         after_load: Callable[[ManagedModels], Awaitable[None]] | None,
     ) -> None:
         """Spawn the workers, load ``archives`` in each, restore, open: ready."""
+        if self._engine_socket is not None:
+            engine = await self._spawn_engine()
+            self.cluster.engine = engine.remote
+            self._keepers.append(asyncio.create_task(self._keep_engine(engine)))
+            self._hooks.event(f"shared placement: the engine process (pid {engine.pid}) holds "
+                              f"one copy of each model for {self._count} workers")  # fmt: skip
         workers = [await self._spawn(i, accept_at_once=True) for i in range(self._count)]
         self._hooks.listening(url_of(self._listeners.inference))
         for report in await self.cluster.start([w.remote for w in workers], archives):
@@ -122,7 +133,7 @@ class Supervisor:
         if registry is not None:
             await asyncio.to_thread(registry.started, self.cluster.snapshot())
         await self.cluster.open()
-        self._keepers = [asyncio.create_task(self._keep(w)) for w in workers]
+        self._keepers += [asyncio.create_task(self._keep(w)) for w in workers]
         if self._listeners.management is not None and self._listeners.token is not None:
             app = build_management_app(self.cluster, self._settings, self._listeners.token,
                                        registry)  # fmt: skip
@@ -134,21 +145,38 @@ class Supervisor:
         self._hooks.serving(url_of(self._listeners.inference))
 
     async def _spawn(self, index: int, accept_at_once: bool) -> WorkerProcess:
+        engine = None if self._engine_socket is None else str(self._engine_socket)
+        start = WorkerStart(self._worker_settings(), index, self._count, accept_at_once,
+                            engine_socket=engine)  # fmt: skip
+        worker = await self._start_process(start, f"worker {index}", self._listeners.inference)
+        self._current[index] = worker  # before any await: stop() must find every process
+        return worker
+
+    async def _spawn_engine(self) -> WorkerProcess:
+        assert self._engine_socket is not None
+        settings = self._settings.model_dump(mode="json")
+        start = WorkerStart(settings, -1, self._count, False, "engine", str(self._engine_socket))
+        self._engine = await self._start_process(start, "the engine process", None)
+        return self._engine
+
+    async def _start_process(
+        self, start: WorkerStart, label: str, listen: socket.socket | None
+    ) -> WorkerProcess:
         ours, theirs = socket.socketpair()
-        start = WorkerStart(self._worker_settings(), index, self._count, accept_at_once)
-        # The start document waits in the socket until the worker reads it.
-        channel = await Channel.open(ours, f"worker {index}", start.doc())
-        scratch = Path(tempfile.mkdtemp(prefix=f"worker-{index}-", dir=self._run))
-        listen_fd, channel_fd = self._listeners.inference.fileno(), theirs.fileno()
+        # The start document waits in the socket until the process reads it.
+        channel = await Channel.open(ours, label, start.doc())
+        scratch = Path(tempfile.mkdtemp(prefix=f"{start.role}-{start.index}-", dir=self._run))
+        fds = (theirs.fileno(),) if listen is None else (listen.fileno(), theirs.fileno())
+        listen_args = [] if listen is None else ["--listen-fd", str(listen.fileno())]
         # A worker inherits this environment, as any child does, plus: where metrics are
         # shared (prometheus_client reads it at import), and its own scratch directory for
         # extracted archives, removed when it exits (even by SIGKILL).
         env = {**os.environ, MULTIPROC_ENV: str(self._metrics), "TMPDIR": str(scratch)}
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelhost.api.worker",
-                "--listen-fd", str(listen_fd), "--channel-fd", str(channel_fd),
-                pass_fds=(listen_fd, channel_fd), env=env, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "modelhost.api.worker", *listen_args,
+                "--channel-fd", str(theirs.fileno()),
+                pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C reaches the supervisor, which drains them
             )  # fmt: skip
         except BaseException:
@@ -157,10 +185,9 @@ class Supervisor:
             raise
         finally:
             theirs.close()
-        channel.label = f"worker {index} (pid {process.pid})"
-        worker = WorkerProcess(index, process, RemoteWorker(index, process.pid, channel), scratch)
-        self._current[index] = worker  # before any await: stop() must find every process
-        return worker
+        channel.label = f"{label} (pid {process.pid})"
+        remote = RemoteWorker(start.index, process.pid, channel, start.role)
+        return WorkerProcess(start.index, process, remote, scratch)
 
     def _worker_settings(self) -> dict[str, object]:
         # The in-flight body budget bounds the memory of the whole server: each worker
@@ -172,18 +199,35 @@ class Supervisor:
 
     async def _keep(self, worker: WorkerProcess | None) -> None:
         """Restart the worker of this slot whenever it exits, until the server stops."""
-        while worker is not None:
-            code = await worker.process.wait()
-            await self._forget(worker)
+        if worker is not None:
+            index = worker.index
+            await self._keep_process(worker, lambda: self._spawn(index, False), self.cluster.join)
+
+    async def _keep_engine(self, engine: WorkerProcess) -> None:
+        """Restart the engine process whenever it exits, until the server stops (requests
+        fail with 503 meanwhile); a new one converges, then the workers reconnect."""
+        await self._keep_process(engine, self._spawn_engine, self.cluster.replace_engine)
+
+    async def _keep_process(
+        self,
+        process: WorkerProcess | None,
+        spawn: Callable[[], Awaitable[WorkerProcess]],
+        take_over: Callable[[RemoteWorker], Awaitable[int]],
+    ) -> None:
+        while process is not None:
+            code = await process.process.wait()
+            await self._forget(process)
             if self._stopping.is_set():
                 return
-            self._hooks.warning(
-                f"worker {worker.index} (pid {worker.pid}) {_how(code)}; starting another"
-            )
-            worker = await self._replace(worker.index)
+            self._hooks.warning(f"{process.remote} {_how(code)}; starting another")
+            process = await self._replace(spawn, take_over)
 
-    async def _replace(self, index: int) -> WorkerProcess | None:
-        """A new worker for slot ``index``, converged and taking requests (None: stopping)."""
+    async def _replace(
+        self,
+        spawn: Callable[[], Awaitable[WorkerProcess]],
+        take_over: Callable[[RemoteWorker], Awaitable[int]],
+    ) -> WorkerProcess | None:
+        """A new process for a slot, converged and serving (None: stopping)."""
         failures = 0
         while not self._stopping.is_set():
             delay_s = restart_delay_s(failures)
@@ -192,28 +236,30 @@ class Supervisor:
                     await asyncio.wait_for(self._stopping.wait(), delay_s)
                 if self._stopping.is_set():
                     return None
-            worker = await self._spawn(index, accept_at_once=False)
+            new = await spawn()
             try:
-                versions = await self.cluster.join(worker.remote)
+                versions = await take_over(new.remote)
             except ModelhostError as exc:
                 failures += 1
-                self._hooks.warning(
-                    f"worker {index} (pid {worker.pid}) could not take over: {exc.message}"
-                )
+                self._hooks.warning(f"{new.remote} could not take over: {exc.message}")
                 with contextlib.suppress(ProcessLookupError):
-                    worker.process.kill()
-                await worker.process.wait()
-                await self._forget(worker)
+                    new.process.kill()
+                await new.process.wait()
+                await self._forget(new)
                 continue
-            self._hooks.event(
-                f"worker {index} is back (pid {worker.pid}), serving the same "
-                f"{versions} model version(s) as the others"
-            )
-            return worker
+            self._hooks.event(f"{new.remote.name} is back (pid {new.pid}), serving the same "
+                              f"{versions} model version(s) as before")  # fmt: skip
+            return new
         return None
 
     def _restart(self, remote: RemoteWorker) -> None:
         """Stop a worker whose state left the others'; its keeper starts a converged one."""
+        if remote.role == "engine":
+            engine = self._engine
+            if engine is not None and engine.pid == remote.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    engine.process.send_signal(signal.SIGTERM)
+            return
         worker = self._current.get(remote.index)
         if worker is not None and worker.pid == remote.pid:
             with contextlib.suppress(ProcessLookupError):
@@ -238,7 +284,12 @@ class Supervisor:
         await asyncio.gather(*self._keepers, return_exceptions=True)
         if self._management is not None:
             await self._management.close()
-        workers = list(self._current.values())
+        # Workers first: they answer what they accepted, through the engine process.
+        await self._stop_all(list(self._current.values()))
+        if self._engine is not None:
+            await self._stop_all([self._engine])
+
+    async def _stop_all(self, workers: list[WorkerProcess]) -> None:
         for worker in workers:
             if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -248,8 +299,7 @@ class Supervisor:
         late = (await asyncio.wait(waits, timeout=limit_s))[1] if waits else set()
         for worker in workers:
             if worker.process.returncode is None:
-                self._hooks.warning(f"worker {worker.index} (pid {worker.pid}) did not stop; "
-                                    "killing it")  # fmt: skip
+                self._hooks.warning(f"{worker.remote} did not stop; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
         if late:
@@ -259,7 +309,8 @@ class Supervisor:
 
     def kill(self) -> None:
         """Kill every worker now (a second Ctrl-C): nothing more is answered."""
-        for worker in self._current.values():
+        engine = [] if self._engine is None else [self._engine]
+        for worker in [*self._current.values(), *engine]:
             if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()

@@ -3,8 +3,12 @@
     RemoteWorker (supervisor)                       worker_ops(front) (worker)
     converge(sources, routing) ── "converge" ──►  load each source, then apply the routing
     open()                     ── "open"     ──►  accept on the shared socket, turn ready
+    reconnect()                ── "reconnect" ─►  connect to the (restarted) engine process
     describe / snapshot / load / detach / reattach / drain / set_default / set_split / scale
                                ── same names ──►  the worker's LocalModels
+
+The engine process of shared placement answers the same model operations over its own
+models (``engine_ops``); its "open" and "reconnect" do nothing.
 
 Arguments and answers are JSON documents of the serving core's records (ArchiveSource,
 VersionState, ModelView, LoadResult, LoadReport); nothing else crosses.
@@ -22,6 +26,7 @@ from modelhost.serving import (
     ArchiveSource,
     LoadReport,
     LoadResult,
+    LocalModels,
     ModelView,
     VersionState,
     VersionView,
@@ -42,6 +47,8 @@ class WorkerStart:
     index: int
     workers: int
     accept_at_once: bool
+    role: str = "front"  # "front": HTTP on the shared socket; "engine": the shared engine
+    engine_socket: str | None = None  # shared placement: the engine process's unix socket
 
     def doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,7 +56,8 @@ class WorkerStart:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> WorkerStart:
         return cls(doc["settings"], int(doc["index"]), int(doc["workers"]),
-                   bool(doc["accept_at_once"]))  # fmt: skip
+                   bool(doc["accept_at_once"]), str(doc.get("role", "front")),
+                   doc.get("engine_socket"))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,7 +101,36 @@ def _view(doc: dict[str, Any]) -> ModelView:
 
 def worker_ops(front: InferenceFront) -> dict[str, Handler]:
     """The operations a worker answers, over its front's models."""
-    models = front.models
+
+    async def open_(_: dict[str, Any]) -> None:
+        await front.accept()
+        front.ready()
+
+    async def reconnect(_: dict[str, Any]) -> None:
+        await front.reconnect_engine()
+
+    ops = model_ops(front.models)
+    load_all = ops["converge"]
+
+    async def converge(args: dict[str, Any]) -> Any:
+        if front.link is not None:  # shared placement: ready needs the engine, models or not
+            await front.link.connect()
+        return await load_all(args)
+
+    return ops | {"converge": converge, "open": open_, "reconnect": reconnect}
+
+
+def engine_ops(models: LocalModels) -> dict[str, Handler]:
+    """The operations the engine process answers, over its models."""
+
+    async def nothing(_: dict[str, Any]) -> None:
+        return None
+
+    return model_ops(models) | {"open": nothing, "reconnect": nothing}
+
+
+def model_ops(models: LocalModels) -> dict[str, Handler]:
+    """The model operations of any member: load, route, scale, read."""
 
     async def converge(args: dict[str, Any]) -> Any:
         routing = args.get("routing")
@@ -108,10 +145,6 @@ def worker_ops(front: InferenceFront) -> dict[str, Handler]:
         if routing is not None:
             await apply_routing(models, [_state(s) for s in routing])
         return _doc(Converged(tuple(results), tuple(reports), tuple(models.snapshot())))
-
-    async def open_(_: dict[str, Any]) -> None:
-        await front.accept()
-        front.ready()
 
     async def describe(args: dict[str, Any]) -> Any:
         return _doc(await models.describe(args["name"]))
@@ -144,7 +177,7 @@ def worker_ops(front: InferenceFront) -> dict[str, Handler]:
         return await models.scale(args["name"], args["version"], args["instances"])
 
     return {
-        "converge": converge, "open": open_, "describe": describe, "snapshot": snapshot,
+        "converge": converge, "describe": describe, "snapshot": snapshot,
         "load": load, "unload": unload, "detach": detach, "reattach": reattach,
         "drain": drain, "set_default": set_default, "set_split": set_split, "scale": scale,
     }  # fmt: skip
@@ -157,13 +190,18 @@ class RemoteWorker:
     """One worker process as the supervisor calls it (every method: the worker's errors,
     or ModelNotReady when it is gone)."""
 
-    def __init__(self, index: int, pid: int, channel: Channel) -> None:
+    def __init__(self, index: int, pid: int, channel: Channel, role: str = "front") -> None:
         self.index = index
         self.pid = pid
         self.channel = channel
+        self.role = role
+
+    @property
+    def name(self) -> str:
+        return "the engine process" if self.role == "engine" else f"worker {self.index}"
 
     def __repr__(self) -> str:
-        return f"worker {self.index} (pid {self.pid})"
+        return f"{self.name} (pid {self.pid})"
 
     async def converge(
         self, sources: list[ArchiveSource], routing: list[VersionState] | None
@@ -183,6 +221,10 @@ class RemoteWorker:
     async def open(self) -> None:
         """Accept connections on the shared socket and take requests."""
         await self.channel.call("open")
+
+    async def reconnect(self) -> None:
+        """Connect to the engine process again (it was restarted and has converged)."""
+        await self.channel.call("reconnect")
 
     async def describe(self, name: str) -> ModelView:
         return _view(await self.channel.call("describe", {"name": name}))

@@ -114,25 +114,7 @@ def open_archive(path: Path, into: Path, limits: ArchiveLimits | None = None) ->
         raise ArchiveError(f"{into} is not an empty directory; extract into a new one")
     created = _created_root(into)
     try:
-        with _open_regular(path) as fh:
-            before = os.fstat(fh.fileno())
-            archive_sha = _stream_sha256(fh, path)
-            fh.seek(0)
-            try:
-                zf = zipfile.ZipFile(fh)
-            except _ZIP_ERRORS as exc:
-                raise ArchiveError(
-                    f"{path}: not a modelhost archive (not a zip file): {exc}"
-                ) from exc
-            with zf:
-                infos = _checked_members(zf, limits)
-                manifest = _read_manifest(zf, infos, path)
-                _make_dir(into)
-                for name, entry in manifest.files.items():
-                    _extract_verified(zf, infos[name], into / name, entry.sha256, entry.size)
-            after = os.fstat(fh.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise ArchiveError(f"{path} changed while it was being opened; open it again")
+        manifest, archive_sha = _read(path, limits, into)
     except _WriteFailed as exc:
         _remove_created(into, created)
         reason = "no space left" if exc.exc.errno in _DISK_FULL else "cannot write"
@@ -144,6 +126,40 @@ def open_archive(path: Path, into: Path, limits: ArchiveLimits | None = None) ->
         _remove_created(into, created)
         raise
     return OpenedArchive(manifest=manifest, root=into, sha256=archive_sha, path=path)
+
+
+def read_manifest(path: Path, limits: ArchiveLimits | None = None) -> tuple[Manifest, str]:
+    """The manifest and sha256 of an archive, checked as :func:`open_archive` checks them,
+    without extracting anything: for a process that serves a model another process loaded
+    from the same bytes (compare the sha256 with that process's).
+
+    Raises:
+        ArchiveError: as :func:`open_archive`, but the members' own digests are not read.
+    """
+    return _read(path, limits or ArchiveLimits(), None)
+
+
+def _read(path: Path, limits: ArchiveLimits, into: Path | None) -> tuple[Manifest, str]:
+    """Hash, check and (``into`` given) extract and verify ``path`` through one handle."""
+    with _open_regular(path) as fh:
+        before = os.fstat(fh.fileno())
+        archive_sha = _stream_sha256(fh, path)
+        fh.seek(0)
+        try:
+            zf = zipfile.ZipFile(fh)
+        except _ZIP_ERRORS as exc:
+            raise ArchiveError(f"{path}: not a modelhost archive (not a zip file): {exc}") from exc
+        with zf:
+            infos = _checked_members(zf, limits)
+            manifest = _read_manifest(zf, infos, path)
+            if into is not None:
+                _make_dir(into)
+                for name, entry in manifest.files.items():
+                    _extract_verified(zf, infos[name], into / name, entry.sha256, entry.size)
+        after = os.fstat(fh.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise ArchiveError(f"{path} changed while it was being opened; open it again")
+    return manifest, archive_sha
 
 
 def _open_regular(path: Path) -> IO[bytes]:

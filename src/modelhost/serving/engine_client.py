@@ -59,6 +59,15 @@ log = logging.getLogger("modelhost.serving.engine_client")
 _MAX_ANSWER_BYTES = 64 * 1024**2
 
 
+@dataclass(frozen=True, slots=True)
+class EngineVersion:
+    """A version as the engine process serves it."""
+
+    sha256: str
+    device: str
+    load: VersionLoad
+
+
 @dataclass(slots=True)
 class _Call:
     """A request sent (or being sent) to the engine: until its answer is in, its slot and
@@ -155,6 +164,11 @@ class EngineClient:
                 await client.close()
         finally:
             arena.close()
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection is gone (the engine process exited, or closed)."""
+        return self._broken is None
 
     @property
     def slots_in_use(self) -> int:
@@ -259,12 +273,21 @@ class EngineClient:
         Raises:
             ModelNotFound: the engine does not serve it. ModelNotReady: connection gone.
         """
+        return (await self.version(name, version)).load
+
+    async def version(self, name: str, version: str) -> EngineVersion:
+        """What the engine serves as ``name:version``: the archive's sha256, the device,
+        and its load now (as :meth:`load_of`).
+
+        Raises:
+            ModelNotFound: the engine does not serve it. ModelNotReady: connection gone.
+        """
         frame = await self._query({"kind": "load", "model": name, "version": version})
         load = VersionLoad(
             frame.integer("instances"), frame.integer("queue_depth"), frame.integer("in_flight")
         )
         self._loads[(name, version)] = load
-        return load
+        return EngineVersion(frame.text("sha256"), frame.text("device"), load)
 
     async def metrics_text(self) -> str:
         """The engine process's Prometheus exposition (text format)."""

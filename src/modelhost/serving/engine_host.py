@@ -337,14 +337,17 @@ class EngineHost:
     def _answer_load(self, conn: _Connection, frame: Frame) -> None:
         request_id = frame.integer("id")
         try:
-            scheduler = self._data.resolve(frame.text("model"), frame.text("version")).scheduler
+            route = self._data.resolve(frame.text("model"), frame.text("version"))
         except ModelhostError as exc:
             conn.send_error(request_id, exc)
             return
+        scheduler = route.scheduler
         conn.send(
             {
                 "kind": "load",
                 "id": request_id,
+                "sha256": route.info.sha256,
+                "device": route.info.device,
                 "instances": scheduler.instance_count,
                 "queue_depth": scheduler.queue_depth,
                 "in_flight": scheduler.in_flight,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelhost.archive.manifest import Manifest
-from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive
+from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive, read_manifest
 from modelhost.errors import UntrustedCode
 from modelhost.runtimes.base import LoadOptions, Predictor
 from modelhost.runtimes.registry import get_runtime, runs_code
@@ -68,6 +68,10 @@ class Loader:
     def open(self, path: Path, into: Path) -> OpenedArchive:
         """Verify and extract an archive (digests, paths, sizes). Raises ArchiveError."""
         return open_archive(path, into, self._limits)
+
+    def read_manifest(self, path: Path) -> tuple[Manifest, str]:
+        """The manifest and sha256 of an archive, without extracting it. Raises ArchiveError."""
+        return read_manifest(path, self._limits)
 
     def check_trust(self, manifest: Manifest) -> None:
         """Raises UntrustedCode when the format runs code and ``trust_code`` is off."""

@@ -7,22 +7,22 @@ changes it. It receives a :class:`Loader` and an :class:`EngineConfig`, not the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelhost.archive.manifest import Manifest
-from modelhost.archive.open import OpenedArchive
 from modelhost.errors import ArchiveError, Conflict, InvalidInput, ModelNotFound
 from modelhost.monitor.metrics import Metrics
 from modelhost.runtimes.registry import PLATFORMS
 from modelhost.serving.config import EngineConfig
-from modelhost.serving.instance import ModelInstance
-from modelhost.serving.loader import LoadedPredictor, Loader, batch_policy
+from modelhost.serving.loader import Loader, batch_policy
+from modelhost.serving.placement import LocalPlacement, Opened, Placement, check_instances
 from modelhost.serving.policy import pick_version
 from modelhost.serving.scheduler import Scheduler, scheduler_factory
 from modelhost.serving.served import ArchiveSource, ModelInfo, VersionLoad, VersionState
@@ -35,7 +35,7 @@ class LoadedModel:
 
     info: ModelInfo
     scheduler: Scheduler
-    new_instance: Callable[[], ModelInstance]
+    scale: Callable[[int], Awaitable[int]]
     source: ArchiveSource
     root: Path
 
@@ -54,7 +54,7 @@ def _version_order(version: str) -> tuple[int, int | str]:
     return (1, int(version)) if version.isdigit() else (0, version)
 
 
-def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
+def _identity(opened: Opened, source: ArchiveSource) -> Manifest:
     """The manifest under the identity it is served as; checks the registry's digest."""
     manifest = opened.manifest
     if source.ref is not None:
@@ -63,7 +63,7 @@ def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
         )
     if source.sha256 is not None and opened.sha256 != source.sha256:
         raise ArchiveError(
-            f"{manifest.name}:{manifest.version}: the stored archive {opened.path} has sha256 "
+            f"{manifest.name}:{manifest.version}: the stored archive {source.path} has sha256 "
             f"{opened.sha256[:12]}…, not the {source.sha256[:12]}… the registry recorded; it "
             "was changed on disk: refusing to serve it (push the archive again)"
         )
@@ -73,9 +73,16 @@ def _identity(opened: OpenedArchive, source: ArchiveSource) -> Manifest:
 class ModelManager:
     """Holds every loaded model version; the default version and split of each name."""
 
-    def __init__(self, loader: Loader, config: EngineConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        config: EngineConfig,
+        metrics: Metrics,
+        placement: Placement | None = None,
+    ) -> None:
         self._loader = loader
         self._config = config
+        self.placement = placement or LocalPlacement(loader, config)
         self._metrics = metrics
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._default: dict[str, str] = {}
@@ -108,49 +115,43 @@ class ModelManager:
 
     async def _load(self, source: ArchiveSource, into: Path) -> LoadedModel:
         start = time.perf_counter()
-        opened = await asyncio.to_thread(self._loader.open, source.path, into)
+        opened = await asyncio.to_thread(self.placement.open, source.path, into)
         manifest = _identity(opened, source)
         same = self._check_identity(manifest, opened.sha256)
         if same is not None:
             return same
         self._loader.check_trust(manifest)
-        factory = scheduler_factory(manifest.scheduler)
+        scheduler_factory(manifest.scheduler)  # ArchiveError for a scheduler we lack
         policy = batch_policy(manifest, self._config)
-        loaded: list[LoadedPredictor] = []
-        for _ in range(self._config.instances):
-            loaded.append(
-                await asyncio.to_thread(self._loader.predictor, opened.root, manifest, policy)
-            )
-        warmup_s = sum(p.warmup_s for p in loaded)
-        info = ModelInfo(
+        planned = ModelInfo(
             name=manifest.name,
             version=manifest.version,
             manifest=manifest,
             inputs=specs_of(manifest.inputs),
             outputs=specs_of(manifest.outputs),
             platform=PLATFORMS.get(manifest.runtime, manifest.runtime),
-            device=loaded[0].predictor.device,
-            instances=len(loaded),
+            device="",
+            instances=0,
             policy=policy,
-            load_s=time.perf_counter() - start - warmup_s,
-            warmup_s=warmup_s,
+            load_s=0.0,
+            warmup_s=0.0,
             sha256=opened.sha256,
             scheduler=manifest.scheduler,
         )
+        model_metrics = self._metrics.for_model(planned.name, planned.version)
+        placed = await self.placement.place(planned, opened, policy, model_metrics)
+        info = dataclasses.replace(
+            planned,
+            device=placed.device,
+            instances=placed.scheduler.instance_count,
+            load_s=time.perf_counter() - start - placed.warmup_s,
+            warmup_s=placed.warmup_s,
+        )
         same = self._check_identity(manifest, opened.sha256)  # another load may have won
         if same is not None:
+            await placed.scheduler.close(0.0)
             return same
-        label = f"{info.name}-{info.version}"
-        loader, root = self._loader, opened.root
-
-        def new_instance() -> ModelInstance:  # blocking: load + warm up, for scaling out
-            return ModelInstance(loader.predictor(root, manifest, policy).predictor, label)
-
-        model_metrics = self._metrics.for_model(info.name, info.version)
-        instances = [ModelInstance(p.predictor, label) for p in loaded]
-        scheduler = factory(info, instances, model_metrics)
-        scheduler.start()
-        model = LoadedModel(info, scheduler, new_instance, source, root)
+        model = LoadedModel(info, placed.scheduler, placed.scale, source, opened.root)
         self._models.setdefault(info.name, {})[info.version] = model
         if source.default or info.name not in self._default:
             self._default[info.name] = info.version
@@ -270,16 +271,11 @@ class ModelManager:
         """Grow or shrink ``name:version`` to ``instances`` instances (1..64); returns the count.
 
         New instances load and warm up before they take batches; removed ones finish
-        their running batch first.
+        their running batch first. A version placed in the shared engine process is
+        scaled there: here it only reads the engine's count.
         """
-        if not 1 <= instances <= 64:
-            raise InvalidInput(f"instances must be between 1 and 64, got {instances}")
-        model = self.get(name, version)
-        while model.scheduler.instance_count < instances:
-            model.scheduler.add_instance(await asyncio.to_thread(model.new_instance))
-        while model.scheduler.instance_count > instances:
-            await model.scheduler.remove_instance()
-        return model.scheduler.instance_count
+        check_instances(instances)
+        return await self.get(name, version).scale(instances)
 
     async def unload(self, name: str, version: str) -> None:
         """Stop routing to ``name:version``, finish what it accepted, stop its workers.

@@ -136,13 +136,17 @@ def retry_after_s(depth: int, items_per_s: float) -> int:
     return max(1, min(60, math.ceil(depth / items_per_s)))
 
 
-def worker_count(requested: int, cores: int, accelerator: bool, cap: int = 8) -> int:
+def worker_count(
+    requested: int, cores: int, accelerator: bool, shared: bool = False, cap: int = 8
+) -> int:
     """Front processes ``modelhost serve`` runs: ``requested``, or when 0 (auto) one per
-    core, at most ``cap``, at least 1; with models on an accelerator (GPU), 1.
+    core, at most ``cap``, at least 1; with models on an accelerator (GPU) and a copy in
+    each worker (per-worker placement), 1.
 
-    Each worker holds its own copy of every model (per-worker placement), so on a GPU more
-    workers would multiply its memory and contend for it: 1 until shared placement exists.
-    The cap bounds the copies (and their memory) on large CPU machines.
+    Per-worker, each worker holds its own copy of every model, so on a GPU more workers
+    would multiply its memory and contend for it. Shared placement holds one copy in the
+    engine process whatever the number of fronts. The cap bounds the processes (and with
+    per-worker their copies) on large machines.
 
     >>> worker_count(0, cores=2, accelerator=False)
     2
@@ -150,12 +154,14 @@ def worker_count(requested: int, cores: int, accelerator: bool, cap: int = 8) ->
     8
     >>> worker_count(0, cores=16, accelerator=True)
     1
+    >>> worker_count(0, cores=16, accelerator=True, shared=True)
+    8
     >>> worker_count(3, cores=2, accelerator=True)
     3
     """
     if requested > 0:
         return requested
-    if accelerator:
+    if accelerator and not shared:
         return 1
     return max(1, min(cores, cap))
 

@@ -34,7 +34,7 @@ from modelhost.serving.engine_host import EngineHost
 from modelhost.serving.frames import decode_frame, encode_frame, read_frame
 from modelhost.serving.instance import ModelInstance
 from modelhost.serving.policy import BatchPolicy
-from modelhost.serving.remote import RemoteScheduler
+from modelhost.serving.remote import EngineLink, RemoteScheduler
 from modelhost.serving.shm import Arena
 from modelhost.serving.tensor_table import plan_layout, write_tensors
 from modelhost.types import InferRequest, TensorSpec
@@ -72,7 +72,7 @@ class OneModel:
 
     def __init__(self, batcher):
         inputs = (TensorSpec("x", "float32", (-1, -1)),)
-        info = SimpleNamespace(name="m", version="1", inputs=inputs)
+        info = SimpleNamespace(name="m", version="1", inputs=inputs, sha256="ab" * 32, device="cpu")
         self.model = SimpleNamespace(info=info, scheduler=batcher)
 
     def route(self, name, version):
@@ -183,7 +183,7 @@ async def until(condition):
 
 async def test_a_request_gets_its_own_answer_with_its_metadata(bench):
     async with bench.client() as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         request = req(3, 0, rid="abc")
         result = await asyncio.wait_for(scheduler.submit(request, 3), WAIT_S)
         check(result, request)
@@ -197,7 +197,10 @@ async def test_a_request_gets_its_own_answer_with_its_metadata(bench):
 
 async def test_requests_of_two_workers_share_one_batch(bench):
     async with bench.client() as a, bench.client() as b:
-        sa, sb = RemoteScheduler(a, "m", "1"), RemoteScheduler(b, "m", "1")
+        sa, sb = (
+            RemoteScheduler(EngineLink.of(a), "m", "1"),
+            RemoteScheduler(EngineLink.of(b), "m", "1"),
+        )
         busy = await bench.block(sa)
         requests = [req(1, 100), req(2, 200), req(1, 300), req(2, 400)]
         futures = [s.submit(q, 1) for s, q in zip((sa, sb, sa, sb), requests, strict=True)]
@@ -226,14 +229,16 @@ async def test_requests_of_two_workers_share_one_batch(bench):
 async def test_engine_errors_come_back_as_the_same_class(bench, model, make, error, match):
     async with bench.client() as client:
         with pytest.raises(error, match=match):
-            await asyncio.wait_for(RemoteScheduler(client, model, "1").submit(make(), 1), WAIT_S)
+            await asyncio.wait_for(
+                RemoteScheduler(EngineLink.of(client), model, "1").submit(make(), 1), WAIT_S
+            )
         assert client.slots_in_use == 0
 
 
 async def test_a_full_engine_queue_is_overloaded_with_its_retry_after(make_bench):
     bench = await make_bench(max_queue=1)
     async with bench.client() as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         busy = await bench.block(scheduler)
         queued = scheduler.submit(req(1, 1), 1)
         await until(lambda: bench.batcher.queue_depth == 1)
@@ -246,7 +251,7 @@ async def test_a_full_engine_queue_is_overloaded_with_its_retry_after(make_bench
 
 async def test_a_worker_out_of_slots_is_overloaded_until_one_comes_back(bench):
     async with bench.client(slots=2) as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         busy = await bench.block(scheduler)
         second = scheduler.submit(req(1, 1), 1)
         with pytest.raises(Overloaded, match="all 2 shared-memory slots"):
@@ -258,7 +263,7 @@ async def test_a_worker_out_of_slots_is_overloaded_until_one_comes_back(bench):
 
 async def test_a_cancelled_request_is_dropped_by_the_engine_and_its_slot_comes_back(bench):
     async with bench.client(slots=2) as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         busy = await bench.block(scheduler)
         queued = scheduler.submit(req(1, 500), 1)
         await until(lambda: bench.batcher.queue_depth == 1)
@@ -282,7 +287,7 @@ async def test_tensor_sets_larger_than_a_slot_travel_in_one_off_segments(
 ):
     bench = await make_bench(host_offload_bytes=offload_bytes)
     async with bench.client(slots=4, slot_bytes=1024, offload_bytes=offload_bytes) as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         requests = [req(rows, i * 10_000, width=width) for i in range(3)]
         results = await asyncio.wait_for(
             asyncio.gather(*(scheduler.submit(q, rows) for q in requests)), WAIT_S
@@ -294,7 +299,7 @@ async def test_tensor_sets_larger_than_a_slot_travel_in_one_off_segments(
 
 async def test_a_worker_that_dies_has_its_requests_dropped_and_its_arena_unlinked(bench):
     async with bench.client() as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         await bench.next_event("connected")
         busy = await bench.block(scheduler)
         # a worker speaking the protocol by hand, then gone without goodbye
@@ -347,7 +352,9 @@ async def test_a_peer_that_does_not_speak_the_protocol_is_refused(bench, first):
         writer.close()
         request = req(1, 5)
         check(
-            await asyncio.wait_for(RemoteScheduler(client, "m", "1").submit(request, 1), WAIT_S),
+            await asyncio.wait_for(
+                RemoteScheduler(EngineLink.of(client), "m", "1").submit(request, 1), WAIT_S
+            ),
             request,
         )
 
@@ -363,7 +370,9 @@ async def test_garbage_after_hello_closes_that_connection_only(bench):
             await asyncio.wait_for(other.load_of("m", "1"), WAIT_S)
         request = req(1, 5)
         check(
-            await asyncio.wait_for(RemoteScheduler(client, "m", "1").submit(request, 1), WAIT_S),
+            await asyncio.wait_for(
+                RemoteScheduler(EngineLink.of(client), "m", "1").submit(request, 1), WAIT_S
+            ),
             request,
         )
 
@@ -374,7 +383,7 @@ async def test_an_engine_going_away_fails_requests_in_flight_and_later_ones():
         listening = bench.host.listening(bench.socket)
         await listening.__aenter__()
         async with bench.client() as client:
-            scheduler = RemoteScheduler(client, "m", "1")
+            scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
             await bench.next_event("connected")
             busy = await bench.block(scheduler)
             await listening.__aexit__(None, None, None)  # the host stops while it computes
@@ -395,7 +404,7 @@ async def test_an_engine_going_away_fails_requests_in_flight_and_later_ones():
 
 async def test_load_and_metrics_are_asked_of_the_engine(bench):
     async with bench.client() as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         assert scheduler.instance_count == 0  # nothing heard yet
         load = await scheduler.refresh()
         assert (load.instances, load.queue_depth, load.in_flight) == (1, 0, 0)
@@ -407,7 +416,7 @@ async def test_load_and_metrics_are_asked_of_the_engine(bench):
 
 async def test_closing_a_remote_scheduler_cancels_what_outlasts_the_timeout(bench):
     async with bench.client() as client:
-        scheduler = RemoteScheduler(client, "m", "1")
+        scheduler = RemoteScheduler(EngineLink.of(client), "m", "1")
         busy = await bench.block(scheduler)
         await scheduler.close(timeout_s=0.01)
         assert busy.cancelled()
