@@ -1,9 +1,13 @@
 """check_inputs and shape_matches, as tables."""
 
+import asyncio
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from modelhost.errors import InvalidInput
+from modelhost.serving.dataplane import CHECK_INLINE_BYTES, checked
 from modelhost.serving.signature import check_inputs, shape_matches
 from modelhost.types import TensorSpec
 
@@ -83,3 +87,39 @@ def test_check_inputs_refuses(inputs, specs, message):
 def test_nan_check_is_for_floats_only():
     flags = TensorSpec("flags", "bool", (-1,))
     assert check_inputs({"flags": np.array([True, False])}, (flags,)) == 2
+
+
+def _request(x: np.ndarray):
+    from modelhost.types import InferRequest
+
+    return InferRequest(inputs={"x": x}, deadline_s=float("inf"))
+
+
+@pytest.mark.parametrize("rows", [4, 1 + CHECK_INLINE_BYTES // 8])  # inline, and in a thread
+async def test_checked_refuses_and_counts_alike_on_both_sides_of_the_thread_limit(rows):
+    info = SimpleNamespace(inputs=(X,))
+    fine = np.ones((rows, 2), np.float32)
+    assert await checked(_request(fine), info) == rows
+    bad = fine.copy()
+    bad[-1, -1] = np.nan
+    with pytest.raises(InvalidInput, match="NaN or infinity"):
+        await checked(_request(bad), info)
+
+
+async def test_a_large_input_is_checked_while_the_event_loop_runs():
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    info = SimpleNamespace(inputs=(X,))
+    small, large = (np.ones((n, 2), np.float32) for n in (4, CHECK_INLINE_BYTES))
+    task = asyncio.create_task(ticker())
+    await checked(_request(small), info)
+    assert ticks == 0  # inline: nothing else ran (no await point)
+    await checked(_request(large), info)
+    task.cancel()
+    assert ticks > 0  # the loop ran the ticker while a thread scanned the large input
