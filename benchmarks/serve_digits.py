@@ -365,10 +365,55 @@ def proc_status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def process_tree(pid: int) -> list[int]:
+    """``pid`` first, then every descendant alive now, read afresh from /proc each call.
+
+    With ``--workers N`` the server is a tree (supervisor, workers, an engine process), and
+    workers may restart between two samples, so the tree is never cached.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # exited while /proc was walked
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree: list[int] = []
+    todo = [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def tree_status_kib(pid: int, key: str) -> int:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM) summed over ``pid``'s process tree.
+
+    Summed VmHWM is each process's own peak added up: an upper bound of the tree's peak.
+    """
+    total = proc_status_kib(pid, key)  # the root must be there: no silent 0
+    for child in process_tree(pid)[1:]:
+        with contextlib.suppress(OSError):  # exited since the walk
+            total += proc_status_kib(child, key)
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds so far of ``pid``'s process tree (all threads).
+
+    Each process adds its own time and that of its reaped children (cutime, cstime), so a
+    worker that exits between two samples stays counted through its parent.
+    """
+    total_ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if p == pid:
+                raise
+            continue  # exited since the walk: its parent's cutime holds it once reaped
+        total_ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> float:
@@ -562,7 +607,7 @@ def served_run(
     wrk_threads: int,
 ) -> ServedRun:  # fmt: skip
     """One load run with /metrics and CPU time read before and after."""
-    before, cpu_before = scrape(server.url), proc_cpu_s(server.pid)
+    before, cpu_before = scrape(server.url), tree_cpu_s(server.pid)
     children_before, busy_before = _children_cpu_s(), machine_busy_s()
     wall_start = time.perf_counter()
     if wrk:
@@ -570,7 +615,7 @@ def served_run(
     else:
         load = run_python_load(target, concurrency, duration_s)
     wall_s = time.perf_counter() - wall_start
-    server_cpu = proc_cpu_s(server.pid) - cpu_before
+    server_cpu = tree_cpu_s(server.pid) - cpu_before
     loadgen_cpu = _children_cpu_s() - children_before
     busy = machine_busy_s() - busy_before
     after = scrape(server.url)
@@ -630,14 +675,14 @@ def bench_runtime(
         # Warm-up (first connections, allocator growth), then the idle footprint.
         served_run(server, target, 8, 1.0, wrk, args.wrk_threads)
         time.sleep(0.5)
-        report.idle_rss_mib = proc_status_kib(server.pid, "VmRSS") / 1024
+        report.idle_rss_mib = tree_status_kib(server.pid, "VmRSS") / 1024
         for concurrency in args.concurrency:
             print(f"[{runtime}] load c={concurrency} for {args.duration_s:g} s ...", flush=True)
             wait_until_quiet(args.quiet_wait_s)
             report.served.append(
                 served_run(server, target, concurrency, args.duration_s, wrk, args.wrk_threads)
             )
-        report.peak_rss_mib = proc_status_kib(server.pid, "VmHWM") / 1024
+        report.peak_rss_mib = tree_status_kib(server.pid, "VmHWM") / 1024
         report.exit_code, report.stop_s = server.stop()
     finally:
         server.kill_if_running()
@@ -701,7 +746,8 @@ def print_report(report: RuntimeReport, loadgen: str) -> None:
           f"p50 {f.codec_p50_us:.0f} us")  # fmt: skip
     print(f"server: {report.loaded}")
     print(f"server: ready {report.ready_s:.2f} s after process start; idle RSS after warm-up "
-          f"{report.idle_rss_mib:.0f} MiB (peak {report.peak_rss_mib:.0f} MiB)")  # fmt: skip
+          f"(whole process tree) {report.idle_rss_mib:.0f} MiB "
+          f"(peak {report.peak_rss_mib:.0f} MiB)")  # fmt: skip
     print(f"served, POST /v1/models/{MODEL}:predict image/png, 1 item per request, {loadgen}:")
     head = ("conc", "req/s", "p50 ms", "p99 ms", "errors", "batch", "srv ms", "queue ms",
             "compute ms", "srv CPU", "load CPU", "other CPU")  # fmt: skip
@@ -748,8 +794,10 @@ notes:
   CPU ("load CPU" column, in cores); served figures are a lower bound for a separate client.
 - batch = mean items per executed batch, srv ms = mean server time from request decoded to
   answer encoded, queue ms = mean wait for a batch, compute ms = mean time of one batch,
-  all from /metrics deltas over each run; srv / load / other CPU = cores used by the server,
-  the load generator and everything else on the machine (other CPU > 0.1: a disturbed run).
+  all from /metrics deltas over each run; srv / load / other CPU = cores used by the server
+  (whole process tree), the load generator and everything else on the machine (other CPU >
+  0.1: a disturbed run); idle MiB = RSS of the whole server process tree, peak = the sum of
+  each process's own peak RSS.
 - added p50 at c=1 = served p50 at c=1 - in-process p50 at batch 1: HTTP, asyncio, PNG
   decode, JSON encode and the hop to the worker thread."""
 

@@ -41,7 +41,7 @@ from serve_digits import (
     load_png,
     machine,
     prepare_archives,
-    proc_status_kib,
+    tree_status_kib,
     wait_until_quiet,
     wrk,
     wrk_script,
@@ -255,26 +255,6 @@ def run_wrk(url: str, body: Body, workdir: Path, concurrency: int, duration_s: f
     return Cell(load.requests / load.duration_s, load.p50_ms, load.p99_ms, load.errors)
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, MiB."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, total = [pid], 0
-    while todo:
-        p = todo.pop()
-        try:
-            total += proc_status_kib(p, "VmRSS")
-        except OSError:
-            continue
-        todo.extend(children.get(p, []))
-    return total / 1024
-
-
 @dataclass(slots=True)
 class LayoutRun:
     """One layout of one runtime: idle RSS and a cell per body and concurrency."""
@@ -301,7 +281,7 @@ def serve_layout(
             run.refused = lines[0] if lines else str(exc).splitlines()[-1]
             return run
         wait_until_quiet(5.0)
-        run.idle_rss_mib = tree_rss_mib(server.pid)
+        run.idle_rss_mib = tree_status_kib(server.pid, "VmRSS") / 1024
         for kind in args.bodies:
             body = bodies[kind]
             run_wrk(server.url, body, work, 8, 1.0)  # warm the path
