@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -55,10 +58,26 @@ def decode_limits(settings: Settings) -> DecodeLimits:
     )
 
 
+def closing_pool(pool: CodecPool) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: on shutdown (after the server has answered its requests) the
+    codec pool finishes what it took, refuses the rest and joins its threads."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await pool.aclose()
+
+    return lifespan
+
+
 def build_app(state: ServerState) -> Starlette:
     """Build the inference app over ``state`` (whose engine the caller opens and closes).
 
-    Until ``state.engine_`` is set, inference answers 503 and readiness is false.
+    Until ``state.engine_`` is set, inference answers 503 and readiness is false. The app's
+    lifespan closes its codec pool when the app stops; it runs only where the ASGI server
+    runs lifespans.
     """
     codecs = TaskCodecs(decode_limits(state.settings))
     pool = CodecPool.from_settings(state.settings, state.metrics.codec)
@@ -78,4 +97,5 @@ def build_app(state: ServerState) -> Starlette:
             ClientDisconnected: _client_gone,
             Exception: on_unexpected,
         },
+        lifespan=closing_pool(pool),
     )

@@ -26,7 +26,7 @@ import numpy as np
 
 from modelhost.codecs.steps import Step, finish
 from modelhost.config import Settings
-from modelhost.errors import Overloaded
+from modelhost.errors import ModelNotReady, Overloaded
 from modelhost.monitor.metrics import CodecMetrics
 
 T = TypeVar("T")
@@ -84,6 +84,7 @@ class CodecPool:
         self._metrics = metrics
         self._lock = threading.Lock()  # _waiting is changed on the loop and in the threads
         self._waiting = 0
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: CodecMetrics) -> CodecPool:
@@ -103,6 +104,7 @@ class CodecPool:
 
         Raises:
             Overloaded: the pool has ``max_waiting`` payloads waiting already.
+            ModelNotReady: the pool is closed (the server is stopping).
             Whatever the steps raise.
         """
         value: T | Step[T] = step
@@ -121,6 +123,7 @@ class CodecPool:
 
         Raises:
             Overloaded: the pool has ``max_waiting`` payloads waiting already.
+            ModelNotReady: the pool is closed (the server is stopping).
         """
         if nbytes <= self._offload_bytes:
             return encoder()
@@ -135,11 +138,17 @@ class CodecPool:
 
         Raises:
             Overloaded: ``max_waiting`` payloads are waiting for a thread already.
+            ModelNotReady: the pool is closed (the server is stopping).
         """
         return await self._wait(self._submit(fn, args))
 
     def _submit(self, fn: Callable[..., T], args: tuple[object, ...]) -> Future[T]:
-        with self._lock:
+        with self._lock:  # held across submit: close() cannot slip in between
+            if self._closed:
+                raise ModelNotReady(
+                    "the server is stopping: its codec pool takes no more payloads; "
+                    "retry on another replica"
+                )
             if self._waiting >= self._max_waiting:
                 raise Overloaded(
                     f"{self._waiting} payloads are waiting to be decoded or encoded "
@@ -148,7 +157,7 @@ class CodecPool:
                 )
             self._waiting += 1
             self._metrics.waiting.inc()
-        return self._executor.submit(self._call, fn, args)
+            return self._executor.submit(self._call, fn, args)
 
     async def _wait(self, job: Future[T]) -> T:
         try:
@@ -173,5 +182,16 @@ class CodecPool:
             busy.dec()
 
     def close(self) -> None:
-        """Stop the threads once their current work is done; drop the work still waiting."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Refuse new payloads (:class:`ModelNotReady`), finish every one already taken
+        (running or waiting: their callers still await them), and join the threads.
+
+        Blocks until the threads are gone; on the event loop use :meth:`aclose`. Calling it
+        again does nothing more.
+        """
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    async def aclose(self) -> None:
+        """:meth:`close` from a helper thread: the loop waits without blocking."""
+        await asyncio.to_thread(self.close)
