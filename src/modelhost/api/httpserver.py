@@ -55,7 +55,8 @@ def is_loopback(host: str) -> bool:
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """uvicorn settings for ``app``: httptools with modelhost's edge limits, no lifespan."""
+    """uvicorn settings for ``app``: httptools with modelhost's edge limits; the app's
+    lifespan runs (its shutdown after every accepted request was answered)."""
     return uvicorn.Config(
         app,
         # httptools, with limits on header size and count and on slow heads and bodies.
@@ -63,7 +64,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         ws="none",
         limit_concurrency=settings.max_connections,
         backlog=BACKLOG,
-        lifespan="off",
+        lifespan="on",
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
