@@ -168,10 +168,11 @@ class Settings(BaseSettings):
         description="front processes accepting HTTP on the same port (0 = auto: see README "
         "'Worker processes')",
     )
-    placement: Literal["per-worker", "shared"] = Field(
-        "per-worker",
+    placement: Literal["auto", "per-worker", "shared"] = Field(
+        "auto",
         description="where a model lives with several workers: a copy in each worker, or one "
-        "engine process per device that batches across workers",
+        "engine process per device that batches across workers (auto: shared when models "
+        "may run on a GPU, else per-worker; see README 'Worker processes')",
     )
     engine_slots: int = Field(
         128,

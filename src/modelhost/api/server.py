@@ -33,18 +33,21 @@ from modelhost.api.supervisor import supervise
 from modelhost.config import Settings
 from modelhost.runtimes.devices import may_use_accelerator
 from modelhost.serving import ArchiveSource, LoadReport, ManagedModels
-from modelhost.serving.policy import worker_count
+from modelhost.serving.policy import choose_placement, worker_count
 
 AfterLoad = Callable[[ManagedModels], Awaitable[None]]
 
 
-def workers_for(settings: Settings) -> int:
-    """How many front processes ``settings`` ask for (``workers`` 0: README's rule)."""
-    if settings.workers > 0:
-        return settings.workers
+def resolve_layout(settings: Settings) -> tuple[Settings, int]:
+    """``settings`` with the placement chosen ("auto": README's rule), and the number of
+    front processes (``workers`` 0: README's rule)."""
     accelerator = may_use_accelerator(settings.device)
-    shared = settings.placement == "shared"
-    return worker_count(0, len(os.sched_getaffinity(0)), accelerator, shared)
+    placement = choose_placement(settings.placement, accelerator)
+    settings = settings.model_copy(update={"placement": placement})
+    if settings.workers > 0:
+        return settings, settings.workers
+    cores = len(os.sched_getaffinity(0))
+    return settings, worker_count(0, cores, accelerator, placement == "shared")
 
 
 async def serve_async(
@@ -67,7 +70,7 @@ async def serve_async(
         ModelhostError: a load at start failed.
     """
     hooks = hooks or ServeHooks()
-    count = workers_for(settings)
+    settings, count = resolve_layout(settings)
     sources = [ArchiveSource(s) if isinstance(s, Path) else s for s in archives]
     listeners = open_listeners(settings, hooks)
     try:

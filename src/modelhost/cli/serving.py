@@ -51,7 +51,10 @@ def serve(
     ] = None,
     placement: Annotated[
         str | None,
-        typer.Option(help="per-worker (a copy of each model in each worker) [per-worker]"),
+        typer.Option(
+            help="per-worker (a copy of each model in each worker), shared (one engine "
+            "process holds it for all) or auto (shared on a GPU) [auto]"
+        ),
     ] = None,
 ) -> None:
     """Serve archives or registered models over HTTP (KServe v2, native, /metrics)."""

@@ -2,23 +2,43 @@
 
 import pytest
 
-from modelhost.serving.policy import onnx_intra_op_threads, restart_delay_s, worker_count
+from modelhost.serving.policy import (
+    choose_placement,
+    onnx_intra_op_threads,
+    restart_delay_s,
+    worker_count,
+)
 
 
 @pytest.mark.parametrize(
-    ("requested", "cores", "accelerator", "workers"),
+    ("requested", "cores", "accelerator", "shared", "workers"),
     [
-        (0, 1, False, 1),  # one core: one worker
-        (0, 2, False, 2),  # one per core
-        (0, 8, False, 8),
-        (0, 64, False, 8),  # capped: every worker holds a copy of every model
-        (0, 16, True, 1),  # a GPU: one copy, until shared placement
-        (3, 2, False, 3),  # asked for: as asked
-        (4, 16, True, 4),
+        (0, 1, False, False, 1),  # one core: one worker
+        (0, 2, False, False, 2),  # one per core
+        (0, 8, False, False, 8),
+        (0, 64, False, False, 8),  # capped: every worker holds a copy of every model
+        (0, 16, True, False, 1),  # a GPU with a copy per worker: one copy
+        (0, 16, True, True, 8),  # a GPU, shared: one copy for every worker
+        (0, 2, False, True, 2),
+        (3, 2, False, False, 3),  # asked for: as asked
+        (4, 16, True, False, 4),
     ],
 )
-def test_worker_count(requested, cores, accelerator, workers):
-    assert worker_count(requested, cores, accelerator) == workers
+def test_worker_count(requested, cores, accelerator, shared, workers):
+    assert worker_count(requested, cores, accelerator, shared) == workers
+
+
+@pytest.mark.parametrize(
+    ("requested", "accelerator", "placement"),
+    [
+        ("auto", False, "per-worker"),  # CPU: no hop (measured faster on digits)
+        ("auto", True, "shared"),  # GPU: one copy in its memory
+        ("per-worker", True, "per-worker"),  # asked for: as asked
+        ("shared", False, "shared"),
+    ],
+)
+def test_choose_placement(requested, accelerator, placement):
+    assert choose_placement(requested, accelerator) == placement
 
 
 @pytest.mark.parametrize(
