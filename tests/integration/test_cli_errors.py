@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from modelhost.archive.manifest import ModelSpec, TensorSignature
 from modelhost.cli.base import friendly, main_options
+from support.archives import repack
 from support.cli import TRACEBACK, mh
 from support.disks import small_disk
 from support.registry_archives import make_archive
@@ -161,3 +162,22 @@ def test_an_unexpected_error_is_one_line_that_says_it_is_a_bug(tmp_path: Path) -
     missing = runner.invoke(app, ["write", str(target)])
     assert missing.exit_code == 1
     assert missing.output.strip() == f"error: cannot find {target}: No such file or directory"
+
+
+def test_a_runtime_this_modelhost_lacks_is_one_error_line_at_pack_and_at_serve(
+    tmp_path: Path, onnx_archive: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.bin").write_bytes(b"weights")
+    spec = SPEC.model_copy(update={"runtime": "tensorflow"})
+    (model_dir / "modelspec.json").write_text(spec.model_dump_json())
+    out = tmp_path / "x.mh"
+    line = one_error_line(mh("pack", str(model_dir), "--name", "x", "--version", "1",
+                             "--out", str(out)))  # fmt: skip
+    assert "runtime 'tensorflow' is not one of this modelhost's: onnx, torch, torchscript" in line
+    assert not out.exists()  # refused before anything was written
+    foreign = repack(onnx_archive, tmp_path / "foreign.mh", runtime="tensorflow")
+    line = one_error_line(mh("serve", str(foreign), "--port", "0", "--management-port", "-1",
+                             "--workers", "1", "--home", str(tmp_path / "home")))  # fmt: skip
+    assert "runtime 'tensorflow' is not one of this modelhost's" in line

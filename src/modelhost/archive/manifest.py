@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
-Runtime = Literal["torch", "torchscript", "onnx"]
 Task = Literal["classification", "embedding", "regression", "generic"]
 DType = Literal[
     "bool",
@@ -99,7 +98,9 @@ class ModelSpec(_Strict):
     version, file digests and the creation time.
     """
 
-    runtime: Runtime
+    # A name of runtimes/registry.py, which checks it at pack and at load (with the task):
+    # the archive layer knows no runtime, so a new runtime changes nothing here.
+    runtime: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     task: Task = "generic"
     inputs: tuple[TensorSignature, ...] = Field(min_length=1)
     outputs: tuple[TensorSignature, ...] = Field(min_length=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -65,14 +66,24 @@ def write_archive(
     return manifest
 
 
-def pack_model_dir(model_dir: Path, *, name: str, version: str, out: Path) -> Manifest:
+def pack_model_dir(
+    model_dir: Path,
+    *,
+    name: str,
+    version: str,
+    out: Path,
+    check: Callable[[ModelSpec], object] | None = None,
+) -> Manifest:
     """Pack a model directory (as written by ``modelhost train``) into an archive.
 
     The directory holds ``modelspec.json`` (a :class:`ModelSpec`) and the model files;
-    every regular file in it except the spec goes into the archive.
+    every regular file in it except the spec goes into the archive. ``check`` is called
+    with the spec before anything is written (the runtimes' ``check_spec``: this layer
+    knows no runtime).
 
     Raises:
         ConfigError: no such directory, no or invalid ``modelspec.json``, or a link in it.
+        ArchiveError: refused by ``check``.
     """
     spec_path = model_dir / SPEC_NAME
     if not model_dir.is_dir():
@@ -83,6 +94,8 @@ def pack_model_dir(model_dir: Path, *, name: str, version: str, out: Path) -> Ma
         spec = ModelSpec.model_validate_json(spec_path.read_bytes())
     except ValidationError as exc:
         raise ConfigError(f"{spec_path}: {_first_error(exc)}") from exc
+    if check is not None:
+        check(spec)
     files: dict[str, Path] = {}
     for path in sorted(model_dir.rglob("*")):
         if path.is_symlink():

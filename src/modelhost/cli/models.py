@@ -43,9 +43,12 @@ def pack(
 ) -> None:
     """Pack a trained model directory into one verified archive."""
     from modelhost.archive import pack_model_dir
+    from modelhost.runtimes.registry import check_spec
 
     try:
-        manifest = pack_model_dir(model_dir, name=name, version=version, out=out_file)
+        manifest = pack_model_dir(
+            model_dir, name=name, version=version, out=out_file, check=check_spec
+        )
     except OSError as exc:
         if exc.filename is not None:
             raise

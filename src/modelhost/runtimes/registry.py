@@ -1,9 +1,11 @@
 """Runtimes by name, declared once. A new runtime is one module and one ``RuntimeEntry``.
 
 Each entry says where the runtime lives, which pip extra installs its framework, its KServe
-v2 ``platform`` string, and whether loading an archive for it runs code the archive carries
-(the server's ``--trust-code`` gate). Nothing here imports a framework: the modules are
-imported lazily, so serving an ONNX model needs no torch, and the other way round.
+v2 ``platform`` string, the tasks it serves, and whether loading an archive for it runs code
+the archive carries (the server's ``--trust-code`` gate). A manifest is checked against it
+(:func:`check_spec`) when it is packed and when it is loaded. Nothing here imports a
+framework: the modules are imported lazily, so serving an ONNX model needs no torch, and
+the other way round.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from modelhost.errors import ConfigError
+from modelhost.archive.manifest import ModelSpec
+from modelhost.errors import ArchiveError, ConfigError
 from modelhost.runtimes.base import Runtime
 
 
@@ -34,19 +37,28 @@ class RuntimeEntry:
     extra: str
     platform: str
     runs_code: bool
+    tasks: frozenset[str]
 
+    def check_task(self, task: str) -> None:
+        """Raises ArchiveError unless this runtime serves ``task``."""
+        if task not in self.tasks:
+            raise ArchiveError(
+                f"runtime {self.name!r} does not serve task {task!r}; it serves "
+                f"{', '.join(sorted(self.tasks))}"
+            )
+
+
+# Tensor runtimes run any graph: their task only says how answers are post-processed.
+_TENSOR_TASKS = frozenset({"classification", "embedding", "regression", "generic"})
 
 _ENTRIES = (
-    RuntimeEntry("torch", "modelhost.runtimes.torch", "torch", "pytorch_eager", runs_code=True),
-    RuntimeEntry(
-        "torchscript",
-        "modelhost.runtimes.torchscript",
-        "torch",
-        "pytorch_torchscript",
-        runs_code=True,
-    ),
-    RuntimeEntry("onnx", "modelhost.runtimes.onnx", "onnx", "onnx_onnxv1", runs_code=False),
-)
+    RuntimeEntry("torch", "modelhost.runtimes.torch", "torch", "pytorch_eager",
+                 runs_code=True, tasks=_TENSOR_TASKS),
+    RuntimeEntry("torchscript", "modelhost.runtimes.torchscript", "torch",
+                 "pytorch_torchscript", runs_code=True, tasks=_TENSOR_TASKS),
+    RuntimeEntry("onnx", "modelhost.runtimes.onnx", "onnx", "onnx_onnxv1",
+                 runs_code=False, tasks=_TENSOR_TASKS),
+)  # fmt: skip
 RUNTIMES: Mapping[str, RuntimeEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 
 # KServe v2 metadata `platform` strings (informational), by runtime name.
@@ -67,6 +79,23 @@ def runtime_entry(name: str) -> RuntimeEntry:
     entry = RUNTIMES.get(name)
     if entry is None:
         raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(runtime_names())}")
+    return entry
+
+
+def check_spec(spec: ModelSpec) -> RuntimeEntry:
+    """The runtime of ``spec`` (a manifest, or a model spec being packed), checked: a
+    runtime of this modelhost that serves the spec's task. Imports no framework.
+
+    Raises:
+        ArchiveError: unknown runtime (an archive for another modelhost), or a task the
+            runtime does not serve.
+    """
+    entry = RUNTIMES.get(spec.runtime)
+    if entry is None:
+        raise ArchiveError(
+            f"runtime {spec.runtime!r} is not one of this modelhost's: {', '.join(runtime_names())}"
+        )
+    entry.check_task(spec.task)
     return entry
 
 

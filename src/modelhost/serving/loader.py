@@ -15,7 +15,7 @@ from modelhost.archive.manifest import Manifest
 from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive, read_manifest
 from modelhost.errors import UntrustedCode
 from modelhost.runtimes.base import LoadOptions, Predictor
-from modelhost.runtimes.registry import get_runtime, runs_code
+from modelhost.runtimes.registry import check_spec, get_runtime
 from modelhost.serving.config import EngineConfig
 from modelhost.serving.policy import BatchPolicy
 from modelhost.serving.warmup import warm_up
@@ -73,9 +73,15 @@ class Loader:
         """The manifest and sha256 of an archive, without extracting it. Raises ArchiveError."""
         return read_manifest(path, self._limits)
 
-    def check_trust(self, manifest: Manifest) -> None:
-        """Raises UntrustedCode when the format runs code and ``trust_code`` is off."""
-        if runs_code(manifest.runtime) and not self.config.trust_code:
+    def check(self, manifest: Manifest) -> None:
+        """Whether ``manifest`` may load here: a runtime of this modelhost serving its task,
+        and code only with ``trust_code``.
+
+        Raises:
+            ArchiveError: unknown runtime or unserved task. UntrustedCode: the format runs
+                code and ``trust_code`` is off.
+        """
+        if check_spec(manifest).runs_code and not self.config.trust_code:
             raise UntrustedCode(
                 f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive, which "
                 "runs code of its author when loaded; serve it with --trust-code "
@@ -89,7 +95,7 @@ class Loader:
             ArchiveError: the model does not keep its manifest's signature. ConfigError:
                 the runtime's framework is not installed.
         """
-        self.check_trust(manifest)
+        self.check(manifest)
         runtime = get_runtime(manifest.runtime)
         start = time.perf_counter()
         predictor = runtime.load(root, manifest, load_options(self.config, manifest))

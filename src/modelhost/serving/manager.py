@@ -120,7 +120,7 @@ class ModelManager:
         same = self._check_identity(manifest, opened.sha256)
         if same is not None:
             return same
-        self._loader.check_trust(manifest)
+        self._loader.check(manifest)
         scheduler_factory(manifest.scheduler)  # ArchiveError for a scheduler we lack
         policy = batch_policy(manifest, self._config)
         planned = ModelInfo(

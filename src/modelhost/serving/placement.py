@@ -97,7 +97,7 @@ class LocalPlacement:
         self, info: ModelInfo, opened: Opened, policy: BatchPolicy, metrics: ModelMetrics
     ) -> Placed:
         manifest, root, loader = info.manifest, opened.root, self._loader
-        loader.check_trust(manifest)
+        loader.check(manifest)
         factory = scheduler_factory(manifest.scheduler)
         loaded: list[LoadedPredictor] = []
         for _ in range(self._config.instances):

@@ -298,7 +298,7 @@ def test_no_manifest_is_refused(tmp_path):
         ({"inputs": []}, "field inputs:"),
         ({"inputs": [{"name": "x", "dtype": "complex64", "shape": [-1]}]}, "inputs.0.dtype"),
         ({"outputs": [{"name": "y", "dtype": "float32", "shape": [0]}]}, "outputs.0.shape"),
-        ({"runtime": "tensorflow"}, "field runtime:"),
+        ({"runtime": "Tensor Flow"}, "field runtime:"),
         ({"format_version": 2}, "field format_version:"),
         ({"files": {"a": {"sha256": "nothex", "size": 1}}}, "files.a.sha256"),
         ({"files": {"a": {"sha256": "0" * 64, "size": -1}}}, "files.a.size"),

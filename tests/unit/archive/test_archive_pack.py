@@ -208,7 +208,7 @@ def test_pack_model_dir_refuses_a_missing_dir(tmp_path):
 @pytest.mark.parametrize(
     ("spec_json", "field"),
     [
-        ('{"runtime": "tensorflow", "inputs": [], "outputs": []}', "runtime"),
+        ('{"runtime": "Tensor Flow", "inputs": [], "outputs": []}', "runtime"),
         (SPEC.model_dump_json().replace('"float32"', '"float8"', 1), "inputs.0.dtype"),
         ("not json", "modelspec.json"),
     ],

@@ -1,15 +1,16 @@
 """runtimes/registry.py: every runtime declared once, the trust table, lazy imports."""
 
+import dataclasses
 import subprocess
 import sys
 import typing
 
 import pytest
 
-from modelhost.archive.manifest import Runtime as ManifestRuntime
-from modelhost.errors import ConfigError
+from modelhost.archive.manifest import ModelSpec, Task, TensorSignature
+from modelhost.errors import ArchiveError, ConfigError
 from modelhost.runtimes import get_runtime, runs_code, runtime_names
-from modelhost.runtimes.registry import PLATFORMS, RUNTIMES, runtime_entry
+from modelhost.runtimes.registry import PLATFORMS, RUNTIMES, check_spec, runtime_entry
 
 # Which formats are code (they can execute or read files) and which are data.
 TRUST = [("torch", True), ("torchscript", True), ("onnx", False)]
@@ -20,14 +21,41 @@ def test_runs_code_says_which_formats_execute_the_archive(name, code):
     assert runs_code(name) is code
 
 
-def test_every_runtime_a_manifest_may_name_is_declared_once_with_all_its_facts():
-    assert sorted(typing.get_args(ManifestRuntime)) == runtime_names() == sorted(RUNTIMES)
+def test_every_runtime_is_declared_once_with_all_its_facts():
+    assert runtime_names() == sorted(RUNTIMES)
     for name, entry in RUNTIMES.items():
         assert entry.name == name
         assert entry.module == f"modelhost.runtimes.{name}"
         assert entry.extra in ("torch", "onnx")
         assert PLATFORMS[name] == entry.platform
     assert dict(TRUST) == {name: entry.runs_code for name, entry in RUNTIMES.items()}
+
+
+def spec(runtime: str, task: str = "generic") -> ModelSpec:
+    x = TensorSignature(name="x", dtype="float32", shape=(-1, 4))
+    return ModelSpec(runtime=runtime, task=task, inputs=(x,), outputs=(x,))
+
+
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+@pytest.mark.parametrize("task", typing.get_args(Task))
+def test_the_tensor_runtimes_serve_every_task_a_manifest_may_name(runtime, task):
+    assert check_spec(spec(runtime, task)) is RUNTIMES[runtime]
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "python", "torch2", "onnx_x"])
+def test_a_spec_of_a_runtime_this_modelhost_lacks_is_refused_naming_the_known_ones(runtime):
+    with pytest.raises(ArchiveError) as info:
+        check_spec(spec(runtime))
+    assert repr(runtime) in str(info.value)
+    assert "onnx, torch, torchscript" in str(info.value)
+
+
+def test_a_task_a_runtime_does_not_serve_is_refused_naming_what_it_serves():
+    text_only = dataclasses.replace(RUNTIMES["onnx"], tasks=frozenset({"embedding"}))
+    text_only.check_task("embedding")
+    refusal = r"does not serve task 'regression'; it serves embedding"
+    with pytest.raises(ArchiveError, match=refusal):
+        text_only.check_task("regression")
 
 
 def test_platforms_are_the_kserve_strings():
