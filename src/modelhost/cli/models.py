@@ -59,6 +59,28 @@ def pack(
     )
 
 
+@app.command("pack-hf")
+@friendly
+def pack_hf(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (local)")],
+    name: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+) -> None:
+    """Pack a local sentence-embedding model (safetensors + tokenizer) into an archive."""
+    from modelhost.archive import write_archive
+    from modelhost.runtimes.transformers import spec_of_model_dir
+
+    spec, files = spec_of_model_dir(model_dir)
+    manifest = write_archive(spec, files, name=name, version=version, out=out_file)
+    config = manifest.runtime_config
+    out.print(
+        f"packed {manifest.name}:{manifest.version} ({len(manifest.files)} files; "
+        f"{config['pooling']} pooling, normalize={config['normalize']}, "
+        f"{manifest.outputs[0].shape[1]} dimensions) -> {out_file}"
+    )
+
+
 @app.command()
 @friendly
 def inspect(

