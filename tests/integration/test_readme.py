@@ -35,6 +35,9 @@ def test_readme_curl_line_answers_seven(server) -> None:
         headers={"Content-Type": "image/png"},
     )
     assert r.json()["predictions"][0]["label"] == "7"
+    # An image model's start-up hint is that curl line, with the server's URL.
+    hint = f"try: curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png {server.url}"
+    assert hint in "".join(server.output)
 
 
 def test_makefile_demo_prints_the_same_curl_line() -> None:

@@ -37,6 +37,8 @@ def test_a_packed_minilm_serves_embeddings_over_v2(tmp_path):
         r = httpx.post(f"{srv.url}/v2/models/minilm/infer", json=body, timeout=60)
         assert r.status_code == 200, r.text
         meta = httpx.get(f"{srv.url}/v2/models/minilm").json()
+        # Not an image model: the start-up hint shows where its tensors are described.
+        assert f"try: curl -s {srv.url}/v2/models/minilm" in "".join(srv.output)
     out = r.json()["outputs"][0]
     assert (out["name"], out["datatype"], out["shape"]) == ("embedding", "FP32", [3, 384])
     served = np.array(out["data"], np.float32).reshape(out["shape"])

@@ -69,13 +69,13 @@ def serve(
         public_management=public_management or None, trust_code=trust_code or None,
         workers=workers, placement=placement,
     )  # fmt: skip
-    first: list[str] = []
+    first: list[LoadReport] = []
 
     def starting(url: str) -> None:
         out.print(f"listening on {url}  (loading; ready once it says serving)", highlight=False)
 
     def loaded(report: LoadReport) -> None:
-        first.append(report.name)
+        first.append(report)
         out.print(
             f"loaded {report.name}:{report.version}  runtime={report.runtime}  "
             f"device={report.device}  instances={report.instances}  "
@@ -86,11 +86,14 @@ def serve(
     def serving(url: str) -> None:
         out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)
         if first:
-            out.print(
-                f"try: curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png "
-                f"{url}/v1/models/{first[0]}:predict",
-                highlight=False, soft_wrap=True,
-            )  # fmt: skip
+            report = first[0]
+            hint = (  # an image model takes a PNG; any model describes its tensors
+                f"curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png "
+                f"{url}/v1/models/{report.name}:predict"
+                if report.takes_images
+                else f"curl -s {url}/v2/models/{report.name}  (its input and output tensors)"
+            )
+            out.print(f"try: {hint}", highlight=False, soft_wrap=True)
 
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

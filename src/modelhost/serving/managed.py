@@ -80,12 +80,14 @@ class LoadReport:
     instances: int
     load_s: float
     warmup_s: float
+    takes_images: bool = False  # it decodes image bodies (the start-up hint's example)
 
     @classmethod
     def of(cls, info: ModelInfo) -> LoadReport:
         """The report of a freshly loaded version."""
         return cls(info.name, info.version, info.manifest.runtime, info.device,
-                   info.instances, info.load_s, info.warmup_s)  # fmt: skip
+                   info.instances, info.load_s, info.warmup_s,
+                   info.manifest.preprocessing is not None)  # fmt: skip
 
 
 class ManagedModels(Protocol):
