@@ -131,11 +131,6 @@ class ClusterModels:
             await self._on_each(list(self._members.values()), lambda w: w.reconnect())
             return len(self._served)
 
-    def _engine(self) -> RemoteWorker:
-        if self.engine is None:
-            raise ModelNotReady("the engine process is restarting; try the change again shortly")
-        return self.engine
-
     # --- reads ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
@@ -148,24 +143,25 @@ class ClusterModels:
         members = self._live()
         views = await asyncio.gather(*(w.describe(name) for w in members))
         first = views[0]
-        shared = None if self.engine is None else await self._engine().describe(name)
+        engine = self.engine
+        # Shared placement: the engine process holds the instances and the one queue.
+        held = {} if engine is None else {
+            v.version: v for v in (await engine.describe(name)).versions
+        }  # fmt: skip
 
         def summed(version: VersionView) -> VersionView:  # the load of every worker
             same = [v for view in views for v in view.versions if v.version == version.version]
             queued, running = sum(v.queue_depth for v in same), sum(v.in_flight for v in same)
             return dataclasses.replace(version, queue_depth=queued, in_flight=running)
 
-        def engines(version: VersionView) -> VersionView:  # the engine holds the queue
-            held = shared.versions if shared is not None else ()
-            there = next((v for v in held if v.version == version.version), None)
-            if there is None:
-                return version
+        def engines(version: VersionView) -> VersionView:
+            there = held.get(version.version, version)
             return dataclasses.replace(
                 version, instances=there.instances, queue_depth=there.queue_depth,
                 in_flight=there.in_flight,
             )  # fmt: skip
 
-        versions = tuple(summed(v) if shared is None else engines(v) for v in first.versions)
+        versions = tuple(summed(v) if engine is None else engines(v) for v in first.versions)
         reports = tuple(WorkerView(w.pid, view) for w, view in zip(members, views, strict=True))
         return ModelView(first.name, first.default_version, first.split, versions, reports)
 

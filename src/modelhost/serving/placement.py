@@ -72,8 +72,9 @@ class Placement(Protocol):
     async def place(
         self, info: ModelInfo, opened: Opened, policy: BatchPolicy, metrics: ModelMetrics
     ) -> Placed:
-        """Start serving ``info`` (its ``device``, ``instances`` and timings are not known
-        yet: take them from the result). Raises ModelhostError; nothing stays behind."""
+        """Start serving ``info``, whose manifest the manager has checked (runtime, task,
+        trust); its ``device``, ``instances`` and timings are not known yet: take them from
+        the result. Raises ModelhostError; nothing stays behind."""
         ...
 
 
@@ -97,7 +98,6 @@ class LocalPlacement:
         self, info: ModelInfo, opened: Opened, policy: BatchPolicy, metrics: ModelMetrics
     ) -> Placed:
         manifest, root, loader = info.manifest, opened.root, self._loader
-        loader.check(manifest)
         factory = scheduler_factory(manifest.scheduler)
         loaded: list[LoadedPredictor] = []
         for _ in range(self._config.instances):

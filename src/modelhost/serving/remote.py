@@ -40,7 +40,7 @@ class EngineLink:
     """A worker's connection to the engine process, replaced when the engine restarts.
 
     Args:
-        socket_path: the engine process's unix socket.
+        socket_path: the engine process's unix socket (None: never connect; see :meth:`of`).
         slots: requests this worker may have in flight in the engine at once; more are
             refused at once with Overloaded (503 + Retry-After).
         slot_bytes: shared memory per slot; larger tensor sets use one-off segments.
@@ -48,7 +48,7 @@ class EngineLink:
     """
 
     def __init__(
-        self, socket_path: Path, *, slots: int = 128, slot_bytes: int = 1024**2,
+        self, socket_path: Path | None, *, slots: int = 128, slot_bytes: int = 1024**2,
         prefix: str = PREFIX,
     ) -> None:  # fmt: skip
         self.socket_path = socket_path
@@ -63,7 +63,7 @@ class EngineLink:
     def of(cls, client: EngineClient) -> EngineLink:
         """A link over a client connected already, which it never replaces (tools, tests):
         once that client is gone, requests fail with ModelNotReady."""
-        link = cls(Path())
+        link = cls(None)
         link._client = client
         return link
 
@@ -80,7 +80,7 @@ class EngineLink:
         async with self._lock:
             if self._client is not None and self._client.connected:
                 return self._client
-            if self.socket_path == Path():
+            if self.socket_path is None:
                 raise ModelNotReady("the connection to the engine process is gone")
             await self._close()
             stack = contextlib.AsyncExitStack()
