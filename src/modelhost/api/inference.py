@@ -19,7 +19,7 @@ from starlette.types import Receive
 from modelhost.api.state import ServerState
 from modelhost.codecs.limits import DecodeLimits
 from modelhost.codecs.task import TaskCodec
-from modelhost.errors import ModelhostError
+from modelhost.errors import ArchiveError, InferenceFailed, ModelhostError
 from modelhost.serving import ModelInfo, Route
 from modelhost.types import InferRequest, InferResult
 
@@ -45,7 +45,12 @@ class TaskCodecs:
         codec = self._codecs.get(key)
         # Same key, other signature object: the version was loaded again since; rebuild.
         if codec is None or codec.inputs is not info.inputs:
-            codec = TaskCodec.for_manifest(info.manifest, info.inputs, info.outputs, self._limits)
+            try:
+                codec = TaskCodec.for_manifest(
+                    info.manifest, info.inputs, info.outputs, self._limits, info.codec_files
+                )
+            except ArchiveError as exc:  # checked at pack and at load: a hand-made archive
+                raise InferenceFailed(f"{info.name}:{info.version} cannot decode: {exc}") from exc
             self._codecs[key] = codec
             if len(self._codecs) > self._max_versions:
                 self._codecs.popitem(last=False)

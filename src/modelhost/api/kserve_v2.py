@@ -96,7 +96,7 @@ class KServeV2API:
                 "name": info.name,
                 "versions": self._state.data.versions(info.name),
                 "platform": info.platform,
-                "inputs": tensor_metadata(info.inputs),
+                "inputs": tensor_metadata(self._codecs.of(info).wire_inputs),
                 "outputs": tensor_metadata(info.outputs),
             }
         )

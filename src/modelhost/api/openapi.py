@@ -66,8 +66,8 @@ _SCHEMAS: dict[str, Any] = {
     "Datatype": {"type": "string", "enum": sorted(V2_TO_NUMPY)},
     "OutputDatatype": {
         "type": "string",
-        "enum": sorted([*V2_TO_NUMPY, "BYTES"]),
-        "description": "BYTES: an output asked for with classification",
+        "enum": sorted(V2_TO_NUMPY),
+        "description": "BYTES: strings, e.g. an output asked for with classification",
     },
     "TensorMetadata": {
         "type": "object",

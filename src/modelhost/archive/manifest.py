@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -68,6 +68,47 @@ class ImagePreprocessing(_Strict):
     std: float = Field(1.0, gt=0)
 
 
+class TextPreprocessing(_Strict):
+    """How strings become the model's token inputs: the archive's tokenizer file (the
+    Hugging Face ``tokenizers`` JSON format, normalization and special tokens included).
+
+    The codec fills each of the model's inputs named ``input_ids``, ``attention_mask`` and
+    ``token_type_ids`` (int64, one row per string, padded with ``pad_id`` / 0 to the longest
+    string of the request). A string longer than ``max_tokens`` tokens (special tokens
+    included) is cut there when ``truncate`` is on, else refused with a 400 naming it.
+    """
+
+    kind: Literal["text"] = "text"
+    tokenizer: str = Field("tokenizer.json", min_length=1, max_length=255)
+    max_tokens: int = Field(512, ge=2, le=1_048_576)
+    truncate: bool = True
+    pad_id: int = Field(0, ge=0)
+
+
+class TabularPreprocessing(_Strict):
+    """Named features in a fixed order: a record ``{"feature": value, ...}`` (or a CSV row,
+    or a v2 tensor per feature) becomes one row of the model's first input, a matrix
+    (batch, len(features)). A missing or unknown feature name is a 400 naming it."""
+
+    kind: Literal["tabular"] = "tabular"
+    features: tuple[str, ...] = Field(min_length=1, max_length=100_000)
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, features: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for name in features:
+            if not name or len(name) > 256:
+                raise ValueError("feature names must be 1-256 characters")
+            if name in seen:
+                raise ValueError(f"feature {name!r} appears twice")
+            seen.add(name)
+        return features
+
+
+Preprocessing = ImagePreprocessing | TextPreprocessing | TabularPreprocessing
+
+
 class ClassificationPostprocessing(_Strict):
     """Turn the first output (logits or probabilities) into labels with scores."""
 
@@ -82,6 +123,10 @@ class Batching(_Strict):
     max_batch_size: int = Field(32, ge=1, le=65536)
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000)
     max_queue: int = Field(1024, ge=1)
+    # Inputs whose axis 1 (tokens) may differ between requests: the batcher pads them to the
+    # batch's longest with this value and batches requests of similar lengths together
+    # (serving/batcher.py). Outputs must then have no length-dependent axis.
+    pad: dict[str, float] = Field(default_factory=dict, max_length=64)
 
 
 class FileEntry(_Strict):
@@ -105,7 +150,7 @@ class ModelSpec(_Strict):
     inputs: tuple[TensorSignature, ...] = Field(min_length=1)
     outputs: tuple[TensorSignature, ...] = Field(min_length=1)
     labels: tuple[str, ...] = ()
-    preprocessing: ImagePreprocessing | None = None
+    preprocessing: Preprocessing | None = None
     postprocessing: ClassificationPostprocessing | None = None
     batching: Batching = Batching()
     # How requests become model calls (serving/scheduler.py): "dynamic" batches requests.
@@ -113,6 +158,31 @@ class ModelSpec(_Strict):
     device: str = "auto"
     runtime_config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _padding_fits(self) -> ModelSpec:
+        inputs = {s.name: s for s in self.inputs}
+        for name in self.batching.pad:
+            spec = inputs.get(name)
+            if spec is None:
+                raise ValueError(f"batching.pad names {name!r}, which is not an input")
+            if len(spec.shape) < 2 or spec.shape[1] != -1:
+                raise ValueError(f"batching.pad: input {name!r} has no dynamic axis 1 to pad")
+        if self.batching.pad:
+            for out in self.outputs:
+                if any(d == -1 for d in out.shape[1:]):
+                    raise ValueError(
+                        f"batching.pad: output {out.name!r} has a dynamic axis "
+                        f"{list(out.shape)}; padded batches need fixed output shapes"
+                    )
+        return self
+
+    def codec_files(self) -> tuple[str, ...]:
+        """The archive's files the task codec reads (a worker that extracts nothing else
+        still needs them): the text tokenizer."""
+        if isinstance(self.preprocessing, TextPreprocessing):
+            return (self.preprocessing.tokenizer,)
+        return ()
 
 
 class Manifest(ModelSpec):
@@ -133,3 +203,10 @@ class Manifest(ModelSpec):
                 " and start with a letter or digit"
             )
         return value
+
+    @model_validator(mode="after")
+    def _codec_files_listed(self) -> Manifest:
+        for name in self.codec_files():
+            if name not in self.files:
+                raise ValueError(f"the preprocessing reads {name!r}, which the archive lacks")
+        return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import lzma
 import os
 import shutil
@@ -21,7 +22,8 @@ import stat
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -33,6 +35,8 @@ from modelhost.errors import ArchiveError, InsufficientStorage
 
 _CHUNK_BYTES = 1024 * 1024
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# A file the task codec keeps in memory (a tokenizer): large vocabularies run to ~35 MiB.
+MAX_CODEC_FILE_BYTES = 64 * 1024 * 1024
 
 # What zipfile and its decompressors raise on malformed input: bad CRC or headers
 # (BadZipFile), broken deflate/lzma/bzip2 streams (zlib.error, LZMAError, OSError, EOFError),
@@ -63,12 +67,24 @@ class ArchiveLimits:
 
 @dataclass(frozen=True, slots=True)
 class OpenedArchive:
-    """A verified archive extracted under ``root``; ``sha256`` is the archive file's."""
+    """A verified archive extracted under ``root``; ``sha256`` is the archive file's;
+    ``codec_files`` the verified bytes of the files its task codec reads
+    (``Manifest.codec_files``)."""
 
     manifest: Manifest
     root: Path
     sha256: str
     path: Path
+    codec_files: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveHead:
+    """What :func:`read_manifest` reads of an archive without extracting it."""
+
+    manifest: Manifest
+    sha256: str
+    codec_files: Mapping[str, bytes]
 
 
 class _WriteFailed(Exception):
@@ -114,7 +130,7 @@ def open_archive(path: Path, into: Path, limits: ArchiveLimits | None = None) ->
         raise ArchiveError(f"{into} is not an empty directory; extract into a new one")
     created = _created_root(into)
     try:
-        manifest, archive_sha = _read(path, limits, into)
+        head = _read(path, limits, into)
     except _WriteFailed as exc:
         _remove_created(into, created)
         reason = "no space left" if exc.exc.errno in _DISK_FULL else "cannot write"
@@ -125,21 +141,22 @@ def open_archive(path: Path, into: Path, limits: ArchiveLimits | None = None) ->
     except BaseException:
         _remove_created(into, created)
         raise
-    return OpenedArchive(manifest=manifest, root=into, sha256=archive_sha, path=path)
+    return OpenedArchive(head.manifest, into, head.sha256, path, head.codec_files)
 
 
-def read_manifest(path: Path, limits: ArchiveLimits | None = None) -> tuple[Manifest, str]:
+def read_manifest(path: Path, limits: ArchiveLimits | None = None) -> ArchiveHead:
     """The manifest and sha256 of an archive, checked as :func:`open_archive` checks them,
-    without extracting anything: for a process that serves a model another process loaded
-    from the same bytes (compare the sha256 with that process's).
+    and the verified bytes of its codec files, without extracting anything: for a process
+    that serves a model another process loaded from the same bytes (compare the sha256
+    with that process's).
 
     Raises:
-        ArchiveError: as :func:`open_archive`, but the members' own digests are not read.
+        ArchiveError: as :func:`open_archive`, but only the codec files' digests are read.
     """
     return _read(path, limits or ArchiveLimits(), None)
 
 
-def _read(path: Path, limits: ArchiveLimits, into: Path | None) -> tuple[Manifest, str]:
+def _read(path: Path, limits: ArchiveLimits, into: Path | None) -> ArchiveHead:
     """Hash, check and (``into`` given) extract and verify ``path`` through one handle."""
     with _open_regular(path) as fh:
         before = os.fstat(fh.fileno())
@@ -156,10 +173,29 @@ def _read(path: Path, limits: ArchiveLimits, into: Path | None) -> tuple[Manifes
                 _make_dir(into)
                 for name, entry in manifest.files.items():
                     _extract_verified(zf, infos[name], into / name, entry.sha256, entry.size)
+            codec_files = {
+                name: _read_codec_file(zf, infos[name], manifest) for name in manifest.codec_files()
+            }
         after = os.fstat(fh.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise ArchiveError(f"{path} changed while it was being opened; open it again")
-    return manifest, archive_sha
+    return ArchiveHead(manifest, archive_sha, codec_files)
+
+
+def _read_codec_file(zf: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
+    """A codec file's bytes, verified against the manifest (read again from the zip, so
+    the bytes kept are the bytes hashed)."""
+    entry = manifest.files[info.filename]
+    if entry.size > MAX_CODEC_FILE_BYTES:
+        raise ArchiveError(
+            f"{info.filename!r} is {entry.size} bytes; a file the codec reads (a tokenizer) "
+            f"may be at most {MAX_CODEC_FILE_BYTES // 1024**2} MiB"
+        )
+    _check_declared_size(info, entry.size)
+    buffer = io.BytesIO()
+    digest, read = _copy_member(zf, info, buffer, Path(info.filename), entry.size)
+    _check_copied(info, entry.sha256, entry.size, digest, read)
+    return buffer.getvalue()
 
 
 def _open_regular(path: Path) -> IO[bytes]:
@@ -289,23 +325,15 @@ def _remove_created(into: Path, created: Path | None) -> None:
             child.unlink()
 
 
-def _extract_verified(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, sha256: str, size: int
-) -> None:
+def _check_declared_size(info: zipfile.ZipInfo, size: int) -> None:
     if info.file_size != size:
         raise ArchiveError(
             f"{info.filename!r} is {info.file_size} bytes but {MANIFEST_NAME} says {size}; "
             "the archive was modified"
         )
-    _make_dir(dest.parent)
-    try:
-        # Unbuffered, so that a failing write surfaces here and not again at close();
-        # "x" never follows or overwrites what is already there.
-        out = dest.open("xb", buffering=0)
-    except OSError as exc:
-        raise _WriteFailed(dest, exc) from exc
-    with out:
-        digest, written = _copy_member(zf, info, out, dest, size)
+
+
+def _check_copied(info: zipfile.ZipInfo, sha256: str, size: int, digest: str, written: int) -> None:
     if written != size:
         raise ArchiveError(
             f"{info.filename!r} holds {written} bytes but {MANIFEST_NAME} says {size}; "
@@ -316,6 +344,22 @@ def _extract_verified(
             f"sha256 of {info.filename!r} does not match {MANIFEST_NAME}; "
             "the archive was modified or corrupted"
         )
+
+
+def _extract_verified(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, sha256: str, size: int
+) -> None:
+    _check_declared_size(info, size)
+    _make_dir(dest.parent)
+    try:
+        # Unbuffered, so that a failing write surfaces here and not again at close();
+        # "x" never follows or overwrites what is already there.
+        out = dest.open("xb", buffering=0)
+    except OSError as exc:
+        raise _WriteFailed(dest, exc) from exc
+    with out:
+        digest, written = _copy_member(zf, info, out, dest, size)
+    _check_copied(info, sha256, size, digest, written)
 
 
 def _copy_member(

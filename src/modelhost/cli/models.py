@@ -66,18 +66,35 @@ def pack_hf(
     name: Annotated[str, typer.Option(help="model name")],
     version: Annotated[str, typer.Option(help="model version")],
     out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate/--no-truncate",
+            help="cut texts longer than the model's token limit (else refuse them with 400)",
+        ),
+    ] = True,
 ) -> None:
-    """Pack a local sentence-embedding model (safetensors + tokenizer) into an archive."""
-    from modelhost.archive import write_archive
+    """Pack a local text model (safetensors + tokenizer.json) into an archive: a sentence
+    embedding model, or a sequence classifier (labels from its config's id2label)."""
+    from modelhost.archive import TextPreprocessing, write_archive
     from modelhost.runtimes.transformers import spec_of_model_dir
 
-    spec, files = spec_of_model_dir(model_dir)
+    spec, files = spec_of_model_dir(model_dir, truncate=truncate)
     manifest = write_archive(spec, files, name=name, version=version, out=out_file)
-    config = manifest.runtime_config
+    prep = manifest.preprocessing
+    assert isinstance(prep, TextPreprocessing)  # spec_of_model_dir makes text archives
+    limit = f"{prep.max_tokens} tokens, {'truncated' if prep.truncate else 'longer refused'}"
+    if manifest.task == "classification":
+        what = f"{len(manifest.labels)} labels: {', '.join(manifest.labels[:5])}"
+    else:
+        config = manifest.runtime_config
+        what = (
+            f"{config['pooling']} pooling, normalize={config['normalize']}, "
+            f"{manifest.outputs[0].shape[1]} dimensions"
+        )
     out.print(
-        f"packed {manifest.name}:{manifest.version} ({len(manifest.files)} files; "
-        f"{config['pooling']} pooling, normalize={config['normalize']}, "
-        f"{manifest.outputs[0].shape[1]} dimensions) -> {out_file}"
+        f"packed {manifest.name}:{manifest.version} ({manifest.task}; {len(manifest.files)} "
+        f"files; {what}; {limit}) -> {out_file}"
     )
 
 

@@ -87,11 +87,14 @@ def serve(
         out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)
         if first:
             report = first[0]
-            hint = (  # an image model takes a PNG; any model describes its tensors
-                f"curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png "
-                f"{url}/v1/models/{report.name}:predict"
-                if report.takes_images
-                else f"curl -s {url}/v2/models/{report.name}  (its input and output tensors)"
+            predict = f"{url}/v1/models/{report.name}:predict"
+            hint = {  # an image model takes a PNG, a text model strings; any model's tensors
+                "image": f"curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png {predict}",
+                "text": f"""curl -s -d '{{"instances": ["Hello, world"]}}' """
+                f"-H 'Content-Type: application/json' {predict}",
+            }.get(
+                report.takes,
+                f"curl -s {url}/v2/models/{report.name}  (its input and output tensors)",
             )
             out.print(f"try: {hint}", highlight=False, soft_wrap=True)
 

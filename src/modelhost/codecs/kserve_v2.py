@@ -32,6 +32,9 @@ V2_TO_NUMPY: dict[str, str] = {
     "FP16": "float16",
     "FP32": "float32",
     "FP64": "float64",
+    # Strings: elements are ``bytes`` (JSON strings UTF-8 encoded; binary: each element's
+    # 4-byte little-endian length, then its bytes).
+    "BYTES": "object",
 }
 NUMPY_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 # A dimension past 2**31 - 1 cannot fit a request under any element limit (and overflows
@@ -215,6 +218,8 @@ def _check_shape(field: str, shape: Any, spec: TensorSpec) -> tuple[int, ...]:
 def _decode_json_data(h: _TensorHeader) -> np.ndarray:
     field = f"{h.field}.data"
     rows = h.shape[0] if h.shape else 1
+    if h.dtype == object:
+        return _decode_json_strings(h, field)
     if isinstance(h.data, list) and len(h.data) not in (h.elements, rows):
         # Refused before numpy converts it: the data cannot fit the declared shape.
         raise InvalidInput(
@@ -225,6 +230,59 @@ def _decode_json_data(h: _TensorHeader) -> np.ndarray:
     return check_element_count(arr, list(h.shape), field)
 
 
+def _decode_json_strings(h: _TensorHeader, field: str) -> np.ndarray:
+    """A BYTES tensor sent as JSON: a list of strings, flat or nested like the shape."""
+    if not isinstance(h.data, list):
+        raise InvalidInput(f"{field} must be a list of strings, not {_shown(h.data)}")
+    flat: list[bytes] = []
+    pending: list[Any] = [h.data]
+    while pending:  # depth-first, in order; bounded by the JSON container count
+        item = pending.pop()
+        if isinstance(item, list):
+            if len(flat) + len(item) > h.elements:
+                break
+            pending.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item.encode("utf-8"))
+        else:
+            raise InvalidInput(f"{field}: a BYTES tensor holds strings, not {_shown(item)}")
+    if pending or len(flat) != h.elements:
+        raise InvalidInput(
+            f"{field}: data holds {'more than ' if pending else ''}{len(flat)} strings; "
+            f"shape {list(h.shape)} needs {h.elements}"
+        )
+    arr = np.empty(h.elements, dtype=object)
+    arr[:] = flat
+    return arr.reshape(h.shape)
+
+
+def _decode_binary_strings(h: _TensorHeader, raw: memoryview) -> np.ndarray:
+    """BYTES elements in the binary extension's framing: a 4-byte little-endian length,
+    then that many bytes, for each element."""
+    elements: list[bytes] = []
+    at = 0
+    while at < len(raw) and len(elements) < h.elements:
+        if at + 4 > len(raw):
+            break
+        length = int.from_bytes(raw[at : at + 4], "little")
+        if at + 4 + length > len(raw):
+            raise InvalidInput(
+                f"{h.field}: element {len(elements)} claims {length} bytes; only "
+                f"{len(raw) - at - 4} are left in its binary_data_size"
+            )
+        elements.append(bytes(raw[at + 4 : at + 4 + length]))
+        at += 4 + length
+    if len(elements) != h.elements or at != len(raw):
+        raise InvalidInput(
+            f"{h.field}: binary data holds {len(elements)} length-prefixed elements in "
+            f"{at} of its {len(raw)} bytes; shape {list(h.shape)} needs {h.elements} "
+            "elements filling binary_data_size exactly"
+        )
+    arr = np.empty(h.elements, dtype=object)
+    arr[:] = elements
+    return arr.reshape(h.shape)
+
+
 def _decode_binary(h: _TensorHeader, tail: memoryview) -> np.ndarray:
     size = h.binary_size
     assert size is not None  # only called for binary inputs
@@ -232,6 +290,8 @@ def _decode_binary(h: _TensorHeader, tail: memoryview) -> np.ndarray:
         raise InvalidInput(
             f"{h.field}.parameters.binary_data_size {size} is more than the {len(tail)} bytes left"
         )
+    if h.dtype == object:
+        return _decode_binary_strings(h, tail[:size])
     expected = h.elements * h.dtype.itemsize
     if size != expected:
         raise InvalidInput(

@@ -1,41 +1,55 @@
 """One model version's meaning, the same for every protocol: what its requests decode to and
 what its answers say. A frontend keeps only its envelope.
 
-    codec = TaskCodec.for_manifest(manifest, inputs, outputs, limits)   once per version
+    codec = TaskCodec.for_manifest(manifest, inputs, outputs, limits, files)   once per version
     step = codec.decode(body, content_type)   image bytes or {"instances": [...]} ─► inputs
     step = codec.decode_tensors(body, n)      KServe v2 tensors (JSON / binary) ─► V2Request
+    step = codec.decode_texts(texts, field)   strings (a text model) ─► token inputs
     codec.answer(outputs)                     the task's answer, one item per instance
     codec.tensors(outputs, {"logits": 3})     raw tensors, or Triton classification strings
 
 The answer follows the manifest: a classifier (``postprocessing`` classification, or task
 ``classification``) answers ``{"label", "score", "top_k"}`` per instance; an ``embedding``
 model one flat vector per instance (its first output); any other model its outputs' rows.
+A text model (``TextPreprocessing``) takes strings where other models take tensors: JSON
+instances are strings, its v2 input is one BYTES tensor ``text`` of shape ``[n]``; the
+codec tokenizes them (:mod:`modelhost.codecs.text`).
 Decoding returns priced :class:`~modelhost.codecs.steps.Step` s: every limit is checked
 while the step is built, the work it bounds waits in ``step.run``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+import orjson
 
-from modelhost.archive.manifest import ClassificationPostprocessing, ImagePreprocessing, ModelSpec
+from modelhost.archive.manifest import (
+    ClassificationPostprocessing,
+    ImagePreprocessing,
+    ModelSpec,
+    TextPreprocessing,
+)
 from modelhost.codecs.classification import classification_strings, classify
 from modelhost.codecs.images import decode_pixels, image_size
 from modelhost.codecs.instances import plan_instances
 from modelhost.codecs.kserve_v2 import V2Request, decode_request
 from modelhost.codecs.limits import DecodeLimits
-from modelhost.codecs.steps import Step
-from modelhost.errors import InvalidInput, UnsupportedMediaType
+from modelhost.codecs.steps import Step, finish
+from modelhost.codecs.text import TextCodec
+from modelhost.errors import ArchiveError, InvalidInput, UnsupportedMediaType
 from modelhost.types import TensorSpec
 
 Inputs = dict[str, np.ndarray]
 Outputs = Mapping[str, np.ndarray]
 _DEFAULT_LIMITS = DecodeLimits()
+# What a text model's v2 requests send: its strings, one per row.
+TEXT_INPUT = TensorSpec(name="text", dtype="object", shape=(-1,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,7 @@ class TaskCodec:
         inputs, outputs: the version's signature.
         labels: class names by index (the first output's classes); may be empty.
         image: how an image becomes the first input, or None (the model takes no images).
+        text: how strings become the token inputs, or None (the model takes no text).
         classifier: how the first output becomes labels, or None (not a classifier).
         limits: what one request may make the server decode.
         answer_kind: which of the answers in ``_ANSWERS`` this model gives.
@@ -57,6 +72,7 @@ class TaskCodec:
     outputs: tuple[TensorSpec, ...]
     labels: tuple[str, ...]
     image: ImagePreprocessing | None
+    text: TextCodec | None
     classifier: ClassificationPostprocessing | None
     limits: DecodeLimits
     answer_kind: str
@@ -68,8 +84,13 @@ class TaskCodec:
         inputs: tuple[TensorSpec, ...],
         outputs: tuple[TensorSpec, ...],
         limits: DecodeLimits = _DEFAULT_LIMITS,
+        files: Mapping[str, bytes] | None = None,
     ) -> TaskCodec:
-        """The codec of a model version from its manifest and signature.
+        """The codec of a model version from its manifest, signature and the archive's
+        codec files (``Manifest.codec_files``: a text model's tokenizer).
+
+        Raises:
+            ArchiveError: a codec file is missing or does not load.
 
         Example:
             >>> TaskCodec.for_manifest(manifest, inputs, outputs).answer_kind  # doctest: +SKIP
@@ -84,16 +105,29 @@ class TaskCodec:
             kind = "embedding"
         else:
             kind = "rows" if len(outputs) == 1 else "named_rows"
+        prep = manifest.preprocessing
+        text = None
+        if isinstance(prep, TextPreprocessing):
+            raw = (files or {}).get(prep.tokenizer)
+            if raw is None:
+                raise ArchiveError(f"the archive's tokenizer {prep.tokenizer!r} was not read")
+            text = TextCodec.build(prep, raw, inputs)
         return cls(
             task=manifest.task,
             inputs=inputs,
             outputs=outputs,
             labels=manifest.labels,
-            image=manifest.preprocessing,
+            image=prep if isinstance(prep, ImagePreprocessing) else None,
+            text=text,
             classifier=classifier,
             limits=limits,
             answer_kind=kind,
         )
+
+    @property
+    def wire_inputs(self) -> tuple[TensorSpec, ...]:
+        """The tensors a v2 request sends: the model's inputs, or ``text`` for a text model."""
+        return self.inputs if self.text is None else (TEXT_INPUT,)
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -132,8 +166,47 @@ class TaskCodec:
         return Step(decode, body_bytes=len(body), pixels=size[0] * size[1])
 
     def _instances(self, body: bytes) -> Step[Inputs]:
+        if self.text is not None:
+            return Step(partial(self._text_instances, body), body_bytes=len(body))
         run = partial(plan_instances, body, self.inputs, self.image, self.limits)
         return Step(run, body_bytes=len(body))
+
+    def _text_instances(self, body: bytes) -> Step[Inputs]:
+        limits = self.limits
+        limits.check_json_containers(body, (TEXT_INPUT,))
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
+            raise InvalidInput('body must be a JSON object {"instances": ["text", ...]}')
+        return self.decode_texts(doc["instances"], "instances")
+
+    def decode_texts(self, texts: Sequence[object], field: str) -> Step[Inputs]:
+        """A text model's token inputs for ``texts`` (strings, or UTF-8 ``bytes``), one row
+        each; they are checked here, tokenized in the step (priced by their characters).
+
+        Raises:
+            InvalidInput: not a text model; no texts; an item not a string, not UTF-8 or
+                empty, named ``field[i]``; (in the step) a text over the archive's token
+                limit when it does not truncate.
+            PayloadTooLarge: more texts than ``max_request_items``; (in the step) more
+                tokens than ``max_request_elements``.
+        """
+        text = self.text
+        if text is None:
+            raise InvalidInput("this model takes no text; send tensors")
+        if not texts:
+            raise InvalidInput(f"{field} must be a non-empty list of strings")
+        self.limits.check_items(len(texts), field)
+        checked = text.check(texts, field)
+
+        def encode() -> Inputs:
+            arrays = text.encode(checked, field)
+            self.limits.check_elements(sum(a.size for a in arrays.values()), field)
+            return arrays
+
+        return Step(encode, body_bytes=sum(len(t) for t in checked))
 
     def decode_tensors(self, body: bytes, header_length: int | None) -> Step[V2Request]:
         """A KServe v2 inference body (see :func:`modelhost.codecs.kserve_v2.decode_request`).
@@ -142,8 +215,21 @@ class TaskCodec:
         without a copy.
         """
         json_bytes = len(body) if header_length is None else min(header_length, len(body))
-        run = partial(decode_request, body, header_length, self.inputs, self.outputs, self.limits)
-        return Step(run, body_bytes=json_bytes)
+        run = partial(
+            decode_request, body, header_length, self.wire_inputs, self.outputs, self.limits
+        )
+        if self.text is None:
+            return Step(run, body_bytes=json_bytes)
+        return Step(partial(self._tokenized, run), body_bytes=json_bytes)
+
+    def _tokenized(self, decode: Callable[[], V2Request]) -> Step[V2Request]:
+        request = decode()
+        texts = request.inputs[TEXT_INPUT.name]
+        tokens = self.decode_texts(list(texts), "inputs[text].data")
+        return Step(
+            lambda: dataclasses.replace(request, inputs=finish(tokens)),
+            body_bytes=tokens.body_bytes,
+        )
 
     # -- answers ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The names prometheus_client gives its files, ``<kind>_<pid>.db`` (a gauge's kind names its
@@ -164,6 +165,8 @@ class ModelMetrics:
     pending: Gauge
     in_flight: Gauge
     ready: Gauge
+    # Padded batching only (manifest batching.pad): the share of padding per batch.
+    padding_ratio: Histogram | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,13 @@ class Metrics:
         self._exec = Counter(
             f"{PREFIX}_inference_exec_count", "Batches executed.", labels, registry=r
         )
+        self._padding = Histogram(
+            f"{PREFIX}_batch_padding_ratio",
+            "Share of a batch's padded inputs (token ids, masks) that the batcher added as "
+            "padding to fit requests of different lengths into one batch; models with "
+            "batching.pad only.",
+            labels, buckets=_PADDING_BUCKETS, registry=r,
+        )  # fmt: skip
         # Queues and requests in progress belong to live workers: the server's are the sum
         # over them, and a dead worker's are gone with it (livesum).
         self._pending = Gauge(
@@ -262,8 +272,9 @@ class Metrics:
             offloaded.labels("decode"), offloaded.labels("encode"), busy, waiting
         )
 
-    def for_model(self, name: str, version: str) -> ModelMetrics:
-        """Resolve the label children of one model version."""
+    def for_model(self, name: str, version: str, padded: bool = False) -> ModelMetrics:
+        """Resolve the label children of one model version (``padded``: its batches are
+        padded, see ``Batching.pad``)."""
         return ModelMetrics(
             queue_duration=self._queue.labels(name, version),
             compute_duration=self._compute.labels(name, version),
@@ -273,6 +284,7 @@ class Metrics:
             pending=self._pending.labels(name, version),
             in_flight=self._in_flight.labels(name, version),
             ready=self._ready.labels(name, version),
+            padding_ratio=self._padding.labels(name, version) if padded else None,
         )
 
     def observe_request(

@@ -60,7 +60,7 @@ _ENTRIES = (
                  runs_code=False, tasks=_TENSOR_TASKS),
     # Offline, safetensors only, trust_remote_code off: the archive's code never runs.
     RuntimeEntry("transformers", "modelhost.runtimes.transformers", "text", "transformers",
-                 runs_code=False, tasks=frozenset({"embedding"})),
+                 runs_code=False, tasks=frozenset({"embedding", "classification"})),
 )  # fmt: skip
 RUNTIMES: Mapping[str, RuntimeEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 

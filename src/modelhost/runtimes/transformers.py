@@ -1,15 +1,21 @@
-"""Hugging Face transformers runtime: sentence embeddings from a local model directory.
+"""Hugging Face transformers runtime: text embeddings and text classification from a local
+model directory.
 
 The archive holds the model directory as ``modelhost pack-hf`` wrote it: ``config.json``,
-``model.safetensors`` and the tokenizer files (for the text codec). Loading is offline
+``model.safetensors`` and the tokenizer (``tokenizer.json``, read by the text codec, which
+turns strings into token ids before the model sees them). Loading is offline
 (``local_files_only``), reads weights from safetensors only (never a pickle) and never
 runs code of the model's author (``trust_remote_code`` off: a config naming its own
-classes is refused at pack and at load). The model maps token ids to hidden states; this
-runtime pools them as the archive says (``mean``, ``cls`` or ``max`` over the attention
-mask) and optionally normalizes to unit length, as sentence-transformers does.
+classes is refused at pack and at load).
 
-Inputs: ``input_ids`` and ``attention_mask``, int64 (batch, tokens). Output: ``embedding``,
-float32 (batch, hidden size).
+- task ``embedding``: the encoder's hidden states pooled as the archive says (``mean``,
+  ``cls`` or ``max`` over the attention mask), optionally normalized to unit length, as
+  sentence-transformers does. Output ``embedding``, float32 (batch, hidden size).
+- task ``classification`` (a ``...ForSequenceClassification`` model): output ``logits``,
+  float32 (batch, labels); labels from the config's ``id2label``.
+
+Inputs: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model's
+tokenizer makes them), int64 (batch, tokens).
 """
 
 from __future__ import annotations
@@ -22,31 +28,40 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from transformers import AutoConfig, AutoModel
+from tokenizers import Tokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from modelhost.archive.manifest import Manifest, ModelSpec, TensorSignature
+from modelhost.archive.manifest import (
+    Batching,
+    ClassificationPostprocessing,
+    Manifest,
+    ModelSpec,
+    TensorSignature,
+    TextPreprocessing,
+)
 from modelhost.errors import ArchiveError, ConfigError
 from modelhost.runtimes.base import LoadOptions, parse_config
 from modelhost.runtimes.devices import resolve_torch_device
 from modelhost.runtimes.torch import set_torch_threads
 
 INPUTS = ("input_ids", "attention_mask")
-OUTPUT = "embedding"
+TOKEN_TYPES = "token_type_ids"
+OUTPUTS = {"embedding": "embedding", "classification": "logits"}
+TOKENIZER = "tokenizer.json"
 
 
 class TransformersConfig(BaseModel):
-    """``runtime_config`` of a transformers archive."""
+    """``runtime_config`` of a transformers archive (pooling: embedding models only)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     pooling: Literal["mean", "cls", "max"] = "mean"
     normalize: bool = False
-    max_tokens: int = 512
 
 
 def check_model_dir(model_dir: Path) -> None:
-    """Refuse what this runtime never loads: weights that are not safetensors, and a
-    config that asks for the author's own code.
+    """Refuse what this runtime never loads: weights that are not safetensors, a config
+    that asks for the author's own code, a missing or unreadable ``tokenizer.json``.
 
     Raises:
         ArchiveError: naming the file and what to do.
@@ -63,6 +78,24 @@ def check_model_dir(model_dir: Path) -> None:
             f"{model_dir / 'config.json'} names the model author's own code (auto_map); "
             "modelhost never runs it (trust_remote_code stays off)"
         )
+    load_tokenizer(model_dir / TOKENIZER)
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The fast tokenizer of a model directory (what the text codec runs).
+
+    Raises:
+        ArchiveError: missing or unreadable.
+    """
+    if not path.is_file():
+        raise ArchiveError(
+            f"{path.parent} has no {TOKENIZER}; save the model's fast tokenizer with "
+            "tokenizer.save_pretrained(DIR) (modelhost tokenizes with the tokenizers library)"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise ArchiveError(f"{path} does not load as a tokenizer: {exc}") from exc
 
 
 # What pack-hf takes of a model directory: the model, its tokenizer, its pooling.
@@ -73,13 +106,18 @@ _PACKED = (
 )  # fmt: skip
 
 
-def spec_of_model_dir(model_dir: Path) -> tuple[ModelSpec, dict[str, Path]]:
-    """The model spec and the files of a sentence-embedding model directory (as
-    sentence-transformers saves it, or a plain ``save_pretrained`` directory: mean pooling).
+def spec_of_model_dir(
+    model_dir: Path, *, truncate: bool = True
+) -> tuple[ModelSpec, dict[str, Path]]:
+    """The model spec and the files of a text model directory: a sequence classifier
+    (``architectures`` names a ``...ForSequenceClassification``; labels from ``id2label``)
+    or else a sentence-embedding model (as sentence-transformers saves it, or a plain
+    ``save_pretrained`` directory: mean pooling).
 
     Pooling comes from ``1_Pooling/config.json``, normalization from a ``Normalize``
     module in ``modules.json``, the token limit from ``sentence_bert_config.json``
-    (``max_seq_length``) or the model's ``max_position_embeddings``.
+    (``max_seq_length``) or the model's ``max_position_embeddings``. ``truncate``: cut
+    longer texts at the limit (else a request holding one is refused).
 
     Raises:
         ConfigError: not a directory, or unreadable JSON. ArchiveError: see
@@ -89,6 +127,27 @@ def spec_of_model_dir(model_dir: Path) -> tuple[ModelSpec, dict[str, Path]]:
         raise ConfigError(f"{model_dir} is not a directory")
     check_model_dir(model_dir)
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    tokenizer = load_tokenizer(model_dir / TOKENIZER)
+    limit = _json(model_dir / "sentence_bert_config.json", {}).get("max_seq_length")
+    max_tokens = int(limit or getattr(hf, "max_position_embeddings", 512))
+    names = [*INPUTS, *([TOKEN_TYPES] if _uses_token_types(hf) else [])]
+    inputs = tuple(TensorSignature(name=n, dtype="int64", shape=(-1, -1)) for n in names)
+    prep = TextPreprocessing(
+        tokenizer=TOKENIZER, max_tokens=max_tokens, truncate=truncate, pad_id=_pad_id(tokenizer)
+    )
+    batching = Batching(pad={"input_ids": float(prep.pad_id), "attention_mask": 0.0} | (
+        {TOKEN_TYPES: 0.0} if TOKEN_TYPES in names else {}
+    ))  # fmt: skip
+    files = {name: model_dir / name for name in _PACKED if (model_dir / name).is_file()}
+    if any(a.endswith("ForSequenceClassification") for a in hf.architectures or ()):
+        labels = tuple(str(hf.id2label[i]) for i in range(int(hf.num_labels)))
+        logits = TensorSignature(name="logits", dtype="float32", shape=(-1, len(labels)))
+        spec = ModelSpec(
+            runtime="transformers", task="classification", inputs=inputs, outputs=(logits,),
+            labels=labels, preprocessing=prep, batching=batching,
+            postprocessing=ClassificationPostprocessing(softmax=True, top_k=min(3, len(labels))),
+        )  # fmt: skip
+        return spec, files
     pooling_doc = _json(model_dir / "1_Pooling" / "config.json", {})
     pooling = "mean"
     if pooling_doc.get("pooling_mode_cls_token"):
@@ -97,22 +156,36 @@ def spec_of_model_dir(model_dir: Path) -> tuple[ModelSpec, dict[str, Path]]:
         pooling = "max"
     modules = _json(model_dir / "modules.json", [])
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
-    limit = _json(model_dir / "sentence_bert_config.json", {}).get("max_seq_length")
-    max_tokens = int(limit or getattr(hf, "max_position_embeddings", 512))
-    tokens = TensorSignature(name="input_ids", dtype="int64", shape=(-1, -1))
-    mask = TensorSignature(name="attention_mask", dtype="int64", shape=(-1, -1))
     width = int(hf.hidden_size)
     spec = ModelSpec(
         runtime="transformers",
         task="embedding",
-        inputs=(tokens, mask),
-        outputs=(TensorSignature(name=OUTPUT, dtype="float32", shape=(-1, width)),),
-        runtime_config=TransformersConfig(
-            pooling=pooling, normalize=normalize, max_tokens=max_tokens
-        ).model_dump(),
+        inputs=inputs,
+        outputs=(TensorSignature(name="embedding", dtype="float32", shape=(-1, width)),),
+        preprocessing=prep,
+        batching=batching,
+        runtime_config=TransformersConfig(pooling=pooling, normalize=normalize).model_dump(),
     )
-    files = {name: model_dir / name for name in _PACKED if (model_dir / name).is_file()}
     return spec, files
+
+
+def _uses_token_types(hf: Any) -> bool:
+    """Whether the model takes ``token_type_ids``: BERT-like configs have a vocabulary of
+    token types; their tokenizers make them."""
+    return int(getattr(hf, "type_vocab_size", 0) or 0) > 1
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    """The padding token's id: the tokenizer's own padding setting, else a ``[PAD]`` /
+    ``<pad>`` token, else 0 (padded positions are masked out either way)."""
+    padding = tokenizer.padding
+    if padding is not None:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|pad|>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
 
 
 def _json(path: Path, default: Any) -> Any:
@@ -125,10 +198,13 @@ def _json(path: Path, default: Any) -> Any:
 
 
 class TransformersPredictor:
-    """Encodes token ids and pools them into one vector per row."""
+    """Runs the model on token ids: pooled vectors (embedding) or logits (classification)."""
 
-    def __init__(self, model: torch.nn.Module, config: TransformersConfig, device: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, task: str, config: TransformersConfig, device: str
+    ) -> None:
         self._model = model
+        self._task = task
         self._config = config
         self._device = device
 
@@ -137,14 +213,18 @@ class TransformersPredictor:
         return self._device
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = torch.from_numpy(np.ascontiguousarray(batch["input_ids"])).to(self._device)
-        mask = torch.from_numpy(np.ascontiguousarray(batch["attention_mask"])).to(self._device)
+        tensors = {
+            name: torch.from_numpy(np.ascontiguousarray(value)).to(self._device)
+            for name, value in batch.items()
+        }
         with torch.inference_mode():
-            hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
-            pooled = pool(hidden, mask, self._config.pooling)
+            answer = self._model(**tensors)
+            if self._task == "classification":
+                return {"logits": answer.logits.float().cpu().numpy()}
+            pooled = pool(answer.last_hidden_state, tensors["attention_mask"], self._config.pooling)
             if self._config.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        return {OUTPUT: pooled.float().cpu().numpy()}
+        return {"embedding": pooled.float().cpu().numpy()}
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -161,6 +241,17 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
+def _check_signature(manifest: Manifest) -> None:
+    names = [spec.name for spec in manifest.inputs]
+    outputs = [o.name for o in manifest.outputs]
+    wanted = OUTPUTS.get(manifest.task)
+    if names not in (list(INPUTS), [*INPUTS, TOKEN_TYPES]) or outputs != [wanted]:
+        raise ArchiveError(
+            f"a transformers {manifest.task} archive takes inputs {list(INPUTS)} (and "
+            f"{TOKEN_TYPES!r}) and answers [{wanted!r}]; this one declares {names} -> {outputs}"
+        )
+
+
 class TransformersRuntime:
     name = "transformers"
 
@@ -168,18 +259,16 @@ class TransformersRuntime:
         self, model_dir: Path, manifest: Manifest, options: LoadOptions
     ) -> TransformersPredictor:
         config = parse_config(manifest, TransformersConfig)
-        names = tuple(spec.name for spec in manifest.inputs)
-        if names != INPUTS or [o.name for o in manifest.outputs] != [OUTPUT]:
-            raise ArchiveError(
-                f"a transformers archive takes inputs {list(INPUTS)} and answers [{OUTPUT!r}]; "
-                f"this one declares {list(names)} -> {[o.name for o in manifest.outputs]}"
-            )
+        _check_signature(manifest)
         check_model_dir(model_dir)
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # own load line
         set_torch_threads(options.torch_threads)
         device = resolve_torch_device(options.device)
+        auto = (
+            AutoModelForSequenceClassification if manifest.task == "classification" else AutoModel
+        )
         try:
-            model = AutoModel.from_pretrained(
+            model = auto.from_pretrained(
                 model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True
             )
         except (OSError, ValueError) as exc:
@@ -187,7 +276,7 @@ class TransformersRuntime:
                 f"the transformers model in the archive does not load: {exc}"
             ) from exc
         model.eval().to(device)
-        return TransformersPredictor(model, config, device)
+        return TransformersPredictor(model, manifest.task, config, device)
 
 
 RUNTIME = TransformersRuntime()

@@ -6,6 +6,10 @@
           same item shape until should_close_batch() ─► concatenate ─► instance.predict() in
           its worker thread ─► split rows back ─► resolve each future
 
+Inputs the manifest lets pad (``batching.pad``: token ids and masks of text models) need
+not be equally long: requests whose lengths fall in one :func:`length_bucket` batch
+together, padded to the longest, and the share of padding is a metric.
+
 A request whose future is already done (its client went away, or its deadline passed) is
 dropped when the batch is gathered, before it costs compute.
 """
@@ -14,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from modelhost.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
@@ -25,6 +30,7 @@ from modelhost.serving.policy import (
     BatchPolicy,
     fits_in_batch,
     is_queue_full,
+    length_bucket,
     retry_after_s,
     should_close_batch,
 )
@@ -46,9 +52,21 @@ class Pending:
     enqueued_s: float
 
 
-def shape_key(request: InferRequest) -> ShapeKey:
-    """Requests batch together only when every input's per-item shape is equal."""
-    return tuple((name, arr.shape[1:]) for name, arr in request.inputs.items())
+def shape_key(request: InferRequest, pad: Mapping[str, float] | None = None) -> ShapeKey:
+    """Requests batch together only when every input's per-item shape is equal; an input
+    named in ``pad`` counts its axis 1 by :func:`length_bucket`."""
+    if not pad:
+        return tuple((name, arr.shape[1:]) for name, arr in request.inputs.items())
+    return tuple(
+        (name, (length_bucket(arr.shape[1]), *arr.shape[2:]) if name in pad else arr.shape[1:])
+        for name, arr in request.inputs.items()
+    )
+
+
+def batch_elements(request: InferRequest, key: ShapeKey) -> int:
+    """Elements the request takes in a batch: padded inputs at their bucket's length."""
+    rows = request.batch_size
+    return sum(rows * math.prod(shape) for _, shape in key)
 
 
 class Batcher:
@@ -129,8 +147,14 @@ class Batcher:
                 retry_after_s=retry_after_s(len(self._queue), self._items_per_s),
             )
         future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
-        elements = sum(arr.size for arr in request.inputs.values())
-        pending = Pending(request, future, items, elements, shape_key(request), self._clock())
+        pad = self.policy.pad
+        if pad:
+            key = shape_key(request, pad)
+            elements = batch_elements(request, key)
+        else:
+            key = shape_key(request)
+            elements = sum(arr.size for arr in request.inputs.values())
+        pending = Pending(request, future, items, elements, key, self._clock())
         self._queue.append(pending)
         self._in_flight += 1
         self._metrics.in_flight.inc()
@@ -253,7 +277,7 @@ class Batcher:
         start = self._clock()
         try:
             parts = [p.request.inputs for p in live]
-            computed = await instance.predict(parts, sum(p.items for p in live))
+            computed = await instance.predict(parts, sum(p.items for p in live), self.policy.pad)
         except Exception as exc:  # noqa: BLE001 -- the model's own failure, sent to its callers
             if len(live) > 1:
                 for pending in live:
@@ -274,6 +298,8 @@ class Batcher:
         m.compute_duration.observe(compute_s)
         m.exec_count.inc()
         m.inference_count.inc(items)
+        if m.padding_ratio is not None:
+            m.padding_ratio.observe(computed.padding)
         rate = items / compute_s if compute_s > 0 else 0.0
         self._items_per_s = rate if self._items_per_s == 0 else 0.9 * self._items_per_s + 0.1 * rate
         offset = 0

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelhost.archive.manifest import Manifest
-from modelhost.archive.open import ArchiveLimits, OpenedArchive, open_archive, read_manifest
+from modelhost.archive.open import (
+    ArchiveHead,
+    ArchiveLimits,
+    OpenedArchive,
+    open_archive,
+    read_manifest,
+)
 from modelhost.errors import UntrustedCode
 from modelhost.runtimes.base import LoadOptions, Predictor
 from modelhost.runtimes.registry import check_spec, get_runtime
@@ -32,6 +38,7 @@ def batch_policy(manifest: Manifest, config: EngineConfig) -> BatchPolicy:
         max_batch_delay_s=delay_ms / 1000.0,
         max_queue=config.max_queue or b.max_queue,
         max_batch_elements=config.max_batch_elements,
+        pad=dict(b.pad),
     )
 
 
@@ -69,8 +76,9 @@ class Loader:
         """Verify and extract an archive (digests, paths, sizes). Raises ArchiveError."""
         return open_archive(path, into, self._limits)
 
-    def read_manifest(self, path: Path) -> tuple[Manifest, str]:
-        """The manifest and sha256 of an archive, without extracting it. Raises ArchiveError."""
+    def read_manifest(self, path: Path) -> ArchiveHead:
+        """The manifest, sha256 and codec files of an archive, without extracting it.
+        Raises ArchiveError."""
         return read_manifest(path, self._limits)
 
     def check(self, manifest: Manifest) -> None:

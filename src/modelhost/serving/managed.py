@@ -80,14 +80,21 @@ class LoadReport:
     instances: int
     load_s: float
     warmup_s: float
-    takes_images: bool = False  # it decodes image bodies (the start-up hint's example)
+    # What its requests carry (the start-up hint's example): its preprocessing's kind,
+    # "image", "text" or "tabular", or "tensors" when it has none.
+    takes: str = "tensors"
 
     @classmethod
     def of(cls, info: ModelInfo) -> LoadReport:
         """The report of a freshly loaded version."""
         return cls(info.name, info.version, info.manifest.runtime, info.device,
                    info.instances, info.load_s, info.warmup_s,
-                   info.manifest.preprocessing is not None)  # fmt: skip
+                   _takes(info))  # fmt: skip
+
+
+def _takes(info: ModelInfo) -> str:
+    prep = info.manifest.preprocessing
+    return "tensors" if prep is None else prep.kind
 
 
 class ManagedModels(Protocol):

@@ -137,8 +137,10 @@ class ModelManager:
             warmup_s=0.0,
             sha256=opened.sha256,
             scheduler=manifest.scheduler,
+            codec_files=opened.codec_files,
         )
-        model_metrics = self._metrics.for_model(planned.name, planned.version)
+        padded = bool(manifest.batching.pad)
+        model_metrics = self._metrics.for_model(planned.name, planned.version, padded)
         placed = await self.placement.place(planned, opened, policy, model_metrics)
         info = dataclasses.replace(
             planned,

@@ -16,8 +16,8 @@ one it has.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,11 +35,13 @@ from modelhost.serving.served import ModelInfo
 @dataclass(frozen=True, slots=True)
 class Opened:
     """An archive as a placement opened it: its manifest and sha256; ``root`` holds its
-    extracted files (an empty directory when the placement needs none)."""
+    extracted files (an empty directory when the placement needs none); ``codec_files``
+    the verified bytes of the files the version's task codec reads."""
 
     manifest: Manifest
     sha256: str
     root: Path
+    codec_files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class LocalPlacement:
 
     def open(self, path: Path, into: Path) -> Opened:
         opened = self._loader.open(path, into)
-        return Opened(opened.manifest, opened.sha256, opened.root)
+        return Opened(opened.manifest, opened.sha256, opened.root, opened.codec_files)
 
     async def place(
         self, info: ModelInfo, opened: Opened, policy: BatchPolicy, metrics: ModelMetrics

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,12 +13,31 @@ class BatchPolicy:
 
     ``max_batch_elements`` bounds the tensor elements of a batch (all inputs), so that
     ``max_batch_size`` large requests cannot add up to a batch no memory holds.
+    ``pad``: inputs whose axis 1 may differ between requests, and the value to pad them
+    with (the manifest's ``batching.pad``); requests of one :func:`length_bucket` batch
+    together.
     """
 
     max_batch_size: int
     max_batch_delay_s: float
     max_queue: int
     max_batch_elements: int = 16 * 1024**2
+    pad: Mapping[str, float] = field(default_factory=dict)
+
+
+def length_bucket(length: int) -> int:
+    """The longest length a request of ``length`` (on a padded axis) is batched with.
+
+    Steps of 1.5x and 2x (8, 12, 16, 24, 32, 48, 64, ...): padding takes at most a third
+    of a batch, and requests of similar lengths still meet often.
+
+    >>> [length_bucket(n) for n in (1, 8, 9, 13, 17, 25, 33, 100, 129)]
+    [8, 8, 12, 16, 24, 32, 48, 128, 192]
+    """
+    if length <= 8:
+        return 8
+    power = 1 << (length - 1).bit_length()  # the next power of two >= length
+    return power * 3 // 4 if length <= power * 3 // 4 else power
 
 
 def should_close_batch(

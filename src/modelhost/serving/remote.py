@@ -150,8 +150,8 @@ class RemotePlacement:
         return self._link.connected
 
     def open(self, path: Path, into: Path) -> Opened:
-        manifest, sha256 = self._loader.read_manifest(path)
-        return Opened(manifest, sha256, into)
+        head = self._loader.read_manifest(path)
+        return Opened(head.manifest, head.sha256, into, head.codec_files)
 
     async def place(
         self, info: ModelInfo, opened: Opened, policy: BatchPolicy, metrics: ModelMetrics

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelhost.archive.manifest import Manifest
@@ -27,6 +28,8 @@ class ModelInfo:
     warmup_s: float
     sha256: str = ""
     scheduler: str = "dynamic"
+    # Verified bytes of the archive files its task codec reads (Manifest.codec_files).
+    codec_files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelhost.archive import Manifest, OpenedArchive, open_archive, write_archive
-from modelhost.archive.open import read_manifest
+from modelhost.archive import OpenedArchive, open_archive, write_archive
+from modelhost.archive.open import ArchiveHead, read_manifest
 from modelhost.errors import ArchiveError
 from support.hostile_archives import SPEC, manifest_json, raw_zip
 
@@ -72,7 +72,7 @@ def _check_outcome(path: Path, into: Path) -> OpenedArchive | None:
     """The property: a verified archive, or an ArchiveError with ``into`` left absent;
     read_manifest (no extraction) also gives a manifest or an ArchiveError, the same
     manifest and digest when the archive opens."""
-    peeked: tuple[Manifest, str] | None = None
+    peeked: ArchiveHead | None = None
     peek_refused = ""
     try:
         peeked = read_manifest(path)
@@ -95,7 +95,7 @@ def _check_outcome(path: Path, into: Path) -> OpenedArchive | None:
     on_disk = {p.relative_to(into).as_posix() for p in into.rglob("*") if p.is_file()}
     assert on_disk == set(opened.manifest.files)
     assert opened.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert peeked == (opened.manifest, opened.sha256)
+    assert peeked == ArchiveHead(opened.manifest, opened.sha256, opened.codec_files)
     return opened
 
 

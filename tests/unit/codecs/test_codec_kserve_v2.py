@@ -309,10 +309,19 @@ def test_big_endian_output_is_sent_little_endian():
     assert body[length:] == Y.astype("<f4").tobytes()
 
 
+def _six_values(dtype: np.dtype) -> np.ndarray:
+    """3 x 2 values of ``dtype``; BYTES (object) elements are UTF-8 strings, one empty."""
+    if dtype.kind == "O":
+        arr = np.empty(6, dtype=object)
+        arr[:] = [b"", b"a", "é".encode(), b"two words", b"\x00nul", "日本".encode()]
+        return arr.reshape(3, 2)
+    return np.arange(6).reshape(3, 2).astype(dtype)
+
+
 @pytest.mark.parametrize("v2_name", sorted(V2_TO_NUMPY))
 def test_every_datatype_round_trips_through_binary_response_and_request(v2_name):
     dtype = np.dtype(V2_TO_NUMPY[v2_name])
-    arr = np.arange(6).reshape(3, 2).astype(dtype)
+    arr = _six_values(dtype)
     body, length = encode_response("m", "1", None, {"t": arr}, ("t",), frozenset({"t"}))
     head = orjson.loads(body[:length])
     tensor = head["outputs"][0]
@@ -327,7 +336,7 @@ def test_every_datatype_round_trips_through_binary_response_and_request(v2_name)
 @pytest.mark.parametrize("v2_name", sorted(V2_TO_NUMPY))
 def test_every_datatype_round_trips_through_json_response_and_request(v2_name):
     dtype = np.dtype(V2_TO_NUMPY[v2_name])
-    arr = np.arange(6).reshape(3, 2).astype(dtype)
+    arr = _six_values(dtype)
     body, _ = encode_response("m", "1", None, {"t": arr}, ("t",), frozenset())
     tensor = orjson.loads(body)["outputs"][0]
     spec = (TensorSpec("t", dtype.name, (-1, 2)),)

@@ -42,10 +42,11 @@ def test_the_tensor_runtimes_serve_every_task_a_manifest_may_name(runtime, task)
     assert check_spec(spec(runtime, task)) is RUNTIMES[runtime]
 
 
-@pytest.mark.parametrize("task", ["classification", "regression", "generic"])
-def test_the_transformers_runtime_serves_embeddings_only(task):
-    assert check_spec(spec("transformers", "embedding")) is RUNTIMES["transformers"]
-    with pytest.raises(ArchiveError, match="it serves embedding"):
+@pytest.mark.parametrize("task", ["regression", "generic"])
+def test_the_transformers_runtime_serves_embeddings_and_classification_only(task):
+    for served in ("embedding", "classification"):
+        assert check_spec(spec("transformers", served)) is RUNTIMES["transformers"]
+    with pytest.raises(ArchiveError, match="it serves classification, embedding"):
         check_spec(spec("transformers", task))
 
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from modelhost.archive import open_archive, write_archive
+from modelhost.archive import TextPreprocessing, open_archive, write_archive
 from modelhost.errors import ArchiveError
 from modelhost.runtimes.base import LoadOptions
 
@@ -41,7 +41,10 @@ def tokens():
 def test_pack_hf_reads_pooling_normalization_and_width_from_the_directory(opened):
     m = opened.manifest
     assert (m.runtime, m.task) == ("transformers", "embedding")
-    assert m.runtime_config == {"pooling": "mean", "normalize": True, "max_tokens": 256}
+    assert m.runtime_config == {"pooling": "mean", "normalize": True}
+    assert m.preprocessing == TextPreprocessing(max_tokens=256, truncate=True, pad_id=0)
+    assert [i.name for i in m.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert m.batching.pad == {"input_ids": 0.0, "attention_mask": 0.0, "token_type_ids": 0.0}
     assert [o.shape for o in m.outputs] == [(-1, 384)]
     assert {"model.safetensors", "tokenizer.json", "1_Pooling/config.json"} <= set(m.files)
     assert "README.md" not in m.files  # only what serving needs
@@ -86,3 +89,54 @@ def test_a_config_asking_for_the_authors_code_is_refused(tmp_path):
     (tmp_path / "model.safetensors").symlink_to(MODEL_DIR / "model.safetensors")
     with pytest.raises(ArchiveError, match="auto_map"):
         spec_of_model_dir(tmp_path)
+
+
+def test_a_missing_or_broken_tokenizer_is_refused(tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(MODEL_DIR / name)
+    with pytest.raises(ArchiveError, match=r"no tokenizer\.json"):
+        spec_of_model_dir(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": "nonsense"}')
+    with pytest.raises(ArchiveError, match="does not load as a tokenizer"):
+        spec_of_model_dir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    """A small BERT sequence classifier (random weights, saved as safetensors) with
+    MiniLM's tokenizer: what a fine-tuned sentiment model directory looks like."""
+    out = tmp_path_factory.mktemp("classifier")
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    model.save_pretrained(out, safe_serialization=True)
+    shutil.copy(MODEL_DIR / "tokenizer.json", out / "tokenizer.json")
+    return out, model.eval()
+
+
+def test_a_sequence_classifier_packs_with_its_labels_and_answers_its_logits(
+    classifier_dir, tmp_path
+):
+    directory, model = classifier_dir
+    spec, files = spec_of_model_dir(directory, truncate=False)
+    assert (spec.task, spec.labels) == ("classification", ("negative", "neutral", "positive"))
+    assert [o.name for o in spec.outputs] == ["logits"]
+    assert spec.outputs[0].shape == (-1, 3)
+    assert spec.postprocessing is not None
+    assert spec.postprocessing.softmax
+    assert spec.preprocessing == TextPreprocessing(max_tokens=512, truncate=False, pad_id=0)
+    write_archive(spec, files, name="sentiment", version="1", out=tmp_path / "s.mh")
+    opened = open_archive(tmp_path / "s.mh", tmp_path / "opened")
+    predictor = RUNTIME.load(opened.root, opened.manifest, LoadOptions(device="cpu"))
+    tokens = token_tensors(TEXTS)
+    got = predictor.predict(tokens)["logits"]
+    with torch.inference_mode():
+        expected = model(**{k: torch.from_numpy(v) for k, v in tokens.items()}).logits.numpy()
+    assert got.shape == (3, 3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
