@@ -216,6 +216,9 @@ def test_metrics_parse_and_count_requests(server, example_images) -> None:
 
 
 def test_list_and_describe_models(server) -> None:
-    assert httpx.get(f"{server.url}/v1/models").json() == {"models": ["digits"]}
+    assert httpx.get(f"{server.url}/v1/models").json()["models"] == ["digits"]
     described = httpx.get(f"{server.url}/v1/models/digits").json()
-    assert described == {"name": "digits", "ready": True, "default_version": "1", "versions": ["1"]}
+    created = described.pop("created")
+    assert isinstance(created, int)
+    assert described == {"name": "digits", "ready": True, "default_version": "1", "versions": ["1"],
+                         "id": "digits", "object": "model", "owned_by": "modelhost"}  # fmt: skip

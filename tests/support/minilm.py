@@ -28,3 +28,15 @@ def token_tensors(texts: list[str], max_tokens: int = 256) -> dict[str, np.ndarr
         "input_ids": np.array([e.ids for e in enc], np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
     }
+
+
+def in_process_embedder(archive: Path, into: Path):  # type: ignore[no-untyped-def]
+    """A function embedding texts with ``archive``'s model loaded in this process, on the
+    tokenizer's own ids: the reference a server's answers are held to."""
+    from modelhost.archive import open_archive
+    from modelhost.runtimes.base import LoadOptions
+    from modelhost.runtimes.transformers import RUNTIME
+
+    opened = open_archive(archive, into)
+    predictor = RUNTIME.load(opened.root, opened.manifest, LoadOptions(device="cpu"))
+    return lambda texts: predictor.predict(token_tensors(texts))["embedding"]

@@ -19,6 +19,7 @@ from modelhost.api.metrics import MetricsAPI
 from modelhost.api.middleware import BodyLimit
 from modelhost.api.native import NativeAPI
 from modelhost.api.offload import CodecPool
+from modelhost.api.openai import OpenAIAPI
 from modelhost.api.openapi import OpenAPIDocumentAPI
 from modelhost.api.problems import on_http_exception, on_modelhost_error, on_unexpected
 from modelhost.api.state import ServerState
@@ -85,6 +86,7 @@ def build_app(state: ServerState) -> Starlette:
         *HealthAPI(state).routes(),
         *KServeV2API(state, __version__, codecs, pool).routes(),
         *NativeAPI(state, codecs, pool).routes(),
+        *OpenAIAPI(state, codecs, pool).routes(),
         *MetricsAPI(state.metrics).routes(),
         *OpenAPIDocumentAPI(__version__).routes(),
     ]

@@ -1,5 +1,9 @@
 """The native REST routes (KServe v1 / Vertex shape): ``POST /v1/models/{name}:predict``.
 
+``GET /v1/models`` and ``GET /v1/models/{name}`` are also the paths OpenAI clients list and
+retrieve models with: their answers carry both shapes (OpenAI's ``object``/``data``/``id``
+beside KServe v1's ``models`` / ``name``, ``versions``).
+
 The envelope only: the body (``{"instances": [...]}`` JSON or one raw ``image/png`` /
 ``image/jpeg``) is decoded and the answer made by the model's task codec, so this route
 answers what the model's task says: labels and scores for a classifier, vectors for an
@@ -9,6 +13,7 @@ embedding model, output rows otherwise, as ``{"predictions": [...]}``.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -20,8 +25,15 @@ from modelhost.api.offload import CodecPool, outputs_bytes
 from modelhost.api.responses import json_response, media_type
 from modelhost.api.state import ServerState
 from modelhost.codecs.task import Outputs, TaskCodec
+from modelhost.serving import ModelInfo
 
 PROTOCOL = "native"
+
+
+def openai_model(info: ModelInfo) -> dict[str, Any]:
+    """OpenAI's model object for a model (its default version ``info``)."""
+    created = int(info.manifest.created_at.timestamp())
+    return {"id": info.name, "object": "model", "created": created, "owned_by": "modelhost"}
 
 
 def encode_predictions(codec: TaskCodec, outputs: Outputs) -> bytes:
@@ -46,14 +58,23 @@ class NativeAPI:
         ]
 
     async def list_models(self, _: Request) -> Response:
-        names = sorted({m.name for m in self._state.data.models()})
-        return json_response({"models": names})
+        data = self._state.data
+        # One synchronous read of the engine's tables: nothing unloads in between.
+        defaults = [data.model(name) for name in sorted({m.name for m in data.models()})]
+        return json_response(
+            {
+                "object": "list",
+                "data": [openai_model(info) for info in defaults],
+                "models": [info.name for info in defaults],
+            }
+        )
 
     async def describe(self, request: Request) -> Response:
         data = self._state.data
         info = data.model(request.path_params["name"])
         return json_response(
             {
+                **openai_model(info),
                 "name": info.name,
                 "ready": self._state.ready,
                 "default_version": info.version,

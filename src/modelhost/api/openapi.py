@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the inference HTTP routes, served at ``GET /openapi.json``.
 
-It describes what the routes of ``native.py``, ``kserve_v2.py``, ``health.py`` and
-``metrics.py`` accept and answer, errors included (``{"error", "code"}``), so that clients can
+It describes what the routes of ``native.py``, ``kserve_v2.py``, ``openai.py``, ``health.py``
+and ``metrics.py`` accept and answer, errors included (``{"error", "code"}``; OpenAI's shape on
+its routes), so that clients can
 be generated from it and schemathesis can fuzz every operation against it
 (tests/integration/test_openapi_schemathesis.py). It is built once, at app build time.
 """
@@ -27,6 +28,18 @@ _ERROR_STATUSES = {
     "503": "The model is loading, draining or overloaded (Retry-After)",
     "504": "The request was not answered before its deadline",
 }
+
+
+def _openai_errors(*statuses: str) -> dict[str, Any]:
+    # The body limit and the bearer token are checked before any route (native shape).
+    early = {"401", "413"}
+    return {
+        s: _json(
+            {"oneOf": [_ref("OpenAIError"), _ref("Error")]} if s in early else _ref("OpenAIError"),
+            _ERROR_STATUSES[s],
+        )
+        for s in statuses
+    }
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -167,6 +180,81 @@ _SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": _ref("ResponseOutput")},
         },
     },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "OpenAIModel": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "EmbeddingsRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "description": "a model name, or name:version"},
+            "input": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                ]
+            },
+            "encoding_format": {"enum": ["float", "base64"]},
+            "dimensions": {"type": "integer", "minimum": 1},
+            "user": {"type": "string"},
+        },
+    },
+    "EmbeddingsResponse": {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "model": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["object", "index", "embedding"],
+                    "properties": {
+                        "object": {"const": "embedding"},
+                        "index": {"type": "integer", "minimum": 0},
+                        "embedding": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "base64 float32 LE"},
+                            ]
+                        },
+                    },
+                },
+            },
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {
+                    "prompt_tokens": {"type": "integer", "minimum": 0},
+                    "total_tokens": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+    },
     "PredictRequest": {
         "type": "object",
         "required": ["instances"],
@@ -255,6 +343,22 @@ def _predict() -> dict[str, Any]:
     }
 
 
+def _embeddings() -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Embeddings (OpenAI-compatible) of strings, by a text embedding model",
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": _ref("EmbeddingsRequest")}},
+            },
+            "responses": {
+                "200": _json(_ref("EmbeddingsResponse"), "one embedding per input, in order"),
+                **_openai_errors("400", "401", "404", "413", "503", "504"),
+            },
+        }
+    }
+
+
 def _get(summary: str, schema: dict[str, Any], *errors: str) -> dict[str, Any]:
     return {
         "get": {
@@ -303,8 +407,9 @@ def openapi_document(version: str) -> dict[str, Any]:
     }
     described = {
         "type": "object",
-        "required": ["name", "ready", "default_version", "versions"],
+        "required": ["id", "object", "name", "ready", "default_version", "versions"],
         "properties": {
+            **_SCHEMAS["OpenAIModel"]["properties"],
             "name": {"type": "string"},
             "ready": {"type": "boolean"},
             "default_version": {"type": "string"},
@@ -356,11 +461,20 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/v2/models/{name}/infer": _with([_NAME], _v2_infer()),
         "/v2/models/{name}/versions/{version}/infer": _with([_NAME, _VERSION], _v2_infer()),
         "/v1/models": _get(
-            "Names of the loaded models",
-            {"type": "object", "required": ["models"], "properties": {"models": strings}},
+            "The loaded models (OpenAI's list, and KServe v1's names)",
+            {
+                "type": "object",
+                "required": ["object", "data", "models"],
+                "properties": {
+                    "object": {"const": "list"},
+                    "data": {"type": "array", "items": _ref("OpenAIModel")},
+                    "models": strings,
+                },
+            },
             "401",
             "503",
         ),
+        "/v1/embeddings": _embeddings(),
         "/v1/models/{name}": _with(
             [_NAME], _get("A model's versions", described, "401", "404", "503")
         ),

@@ -117,6 +117,25 @@ class ClassificationPostprocessing(_Strict):
     top_k: int = Field(3, ge=1)
 
 
+class EmbeddingPostprocessing(_Strict):
+    """What an embedding model's vectors allow: ``shorten_to`` lists the sizes it was trained
+    to be cut to (Matryoshka representation learning); a request may ask for one of them
+    (OpenAI's ``dimensions``), and the cut vector is rescaled to unit length."""
+
+    kind: Literal["embedding"] = "embedding"
+    shorten_to: tuple[int, ...] = Field((), max_length=64)
+
+    @field_validator("shorten_to")
+    @classmethod
+    def _sizes(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 for n in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError("shorten_to holds distinct sizes of at least 1")
+        return tuple(sorted(sizes, reverse=True))
+
+
+Postprocessing = ClassificationPostprocessing | EmbeddingPostprocessing
+
+
 class Batching(_Strict):
     """Dynamic batching defaults; the server's settings may override them."""
 
@@ -151,7 +170,7 @@ class ModelSpec(_Strict):
     outputs: tuple[TensorSignature, ...] = Field(min_length=1)
     labels: tuple[str, ...] = ()
     preprocessing: Preprocessing | None = None
-    postprocessing: ClassificationPostprocessing | None = None
+    postprocessing: Postprocessing | None = None
     batching: Batching = Batching()
     # How requests become model calls (serving/scheduler.py): "dynamic" batches requests.
     scheduler: str = Field("dynamic", pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -168,6 +187,14 @@ class ModelSpec(_Strict):
                 raise ValueError(f"batching.pad names {name!r}, which is not an input")
             if len(spec.shape) < 2 or spec.shape[1] != -1:
                 raise ValueError(f"batching.pad: input {name!r} has no dynamic axis 1 to pad")
+        post = self.postprocessing
+        if isinstance(post, EmbeddingPostprocessing) and post.shorten_to:
+            width = self.outputs[0].shape[-1]
+            if self.task != "embedding" or any(n >= width > 0 for n in post.shorten_to):
+                raise ValueError(
+                    f"postprocessing.shorten_to {list(post.shorten_to)}: an embedding model's "
+                    f"sizes below its width ({width})"
+                )
         if self.batching.pad:
             for out in self.outputs:
                 if any(d == -1 for d in out.shape[1:]):

@@ -73,13 +73,21 @@ def pack_hf(
             help="cut texts longer than the model's token limit (else refuse them with 400)",
         ),
     ] = True,
+    shorten_to: Annotated[
+        str,
+        typer.Option(
+            help="sizes a Matryoshka embedding model may be cut to, e.g. 256,128 "
+            "(requests ask with OpenAI's dimensions)",
+        ),
+    ] = "",
 ) -> None:
     """Pack a local text model (safetensors + tokenizer.json) into an archive: a sentence
     embedding model, or a sequence classifier (labels from its config's id2label)."""
     from modelhost.archive import TextPreprocessing, write_archive
     from modelhost.runtimes.transformers import spec_of_model_dir
 
-    spec, files = spec_of_model_dir(model_dir, truncate=truncate)
+    sizes = tuple(_sizes(shorten_to)) if shorten_to else ()
+    spec, files = spec_of_model_dir(model_dir, truncate=truncate, shorten_to=sizes)
     manifest = write_archive(spec, files, name=name, version=version, out=out_file)
     prep = manifest.preprocessing
     assert isinstance(prep, TextPreprocessing)  # spec_of_model_dir makes text archives
@@ -96,6 +104,13 @@ def pack_hf(
         f"packed {manifest.name}:{manifest.version} ({manifest.task}; {len(manifest.files)} "
         f"files; {what}; {limit}) -> {out_file}"
     )
+
+
+def _sizes(text: str) -> list[int]:
+    parts = text.split(",")
+    if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--shorten-to {text!r} is not a comma-separated list of sizes")
+    return [int(p) for p in parts]
 
 
 @app.command()

@@ -31,6 +31,7 @@ import orjson
 
 from modelhost.archive.manifest import (
     ClassificationPostprocessing,
+    EmbeddingPostprocessing,
     ImagePreprocessing,
     ModelSpec,
     TextPreprocessing,
@@ -63,6 +64,7 @@ class TaskCodec:
         image: how an image becomes the first input, or None (the model takes no images).
         text: how strings become the token inputs, or None (the model takes no text).
         classifier: how the first output becomes labels, or None (not a classifier).
+        shorten_to: the sizes an embedding model's vectors may be cut to (Matryoshka).
         limits: what one request may make the server decode.
         answer_kind: which of the answers in ``_ANSWERS`` this model gives.
     """
@@ -74,6 +76,7 @@ class TaskCodec:
     image: ImagePreprocessing | None
     text: TextCodec | None
     classifier: ClassificationPostprocessing | None
+    shorten_to: tuple[int, ...]
     limits: DecodeLimits
     answer_kind: str
 
@@ -96,7 +99,8 @@ class TaskCodec:
             >>> TaskCodec.for_manifest(manifest, inputs, outputs).answer_kind  # doctest: +SKIP
             'classification'
         """
-        classifier = manifest.postprocessing
+        post = manifest.postprocessing
+        classifier = post if isinstance(post, ClassificationPostprocessing) else None
         if classifier is None and manifest.task == "classification":
             classifier = ClassificationPostprocessing()
         if classifier is not None:
@@ -120,6 +124,7 @@ class TaskCodec:
             image=prep if isinstance(prep, ImagePreprocessing) else None,
             text=text,
             classifier=classifier,
+            shorten_to=post.shorten_to if isinstance(post, EmbeddingPostprocessing) else (),
             limits=limits,
             answer_kind=kind,
         )
@@ -240,6 +245,30 @@ class TaskCodec:
         of named rows when the model has several outputs). Arrays stay numpy (orjson
         serializes them)."""
         return _ANSWERS[self.answer_kind](self, outputs)
+
+    def vectors(self, outputs: Outputs, dimensions: int | None = None) -> np.ndarray:
+        """An embedding model's vectors, one row per instance: all of each, or the first
+        ``dimensions`` rescaled to unit length (a size of ``shorten_to``, or the width).
+
+        Raises:
+            InvalidInput: not an embedding model, or a size it cannot be cut to.
+        """
+        if self.answer_kind != "embedding":
+            raise InvalidInput(f"this is a {self.task} model, not an embedding model")
+        rows = _rows_of_first(self, outputs)
+        width = rows.shape[1]
+        if dimensions is None or dimensions == width:
+            return rows
+        if dimensions not in self.shorten_to:
+            sizes = ", ".join(map(str, (width, *self.shorten_to)))
+            raise InvalidInput(
+                f"dimensions {dimensions}: this model's vectors have {width} and can be cut "
+                f"to {sizes} only"
+            )
+        cut = rows[:, :dimensions]
+        norms = np.linalg.norm(cut, axis=1, keepdims=True)
+        shortened: np.ndarray = (cut / np.maximum(norms, 1e-12)).astype(rows.dtype, copy=False)
+        return shortened
 
     def tensors(self, outputs: Outputs, classification: Mapping[str, int]) -> Outputs:
         """Outputs as raw tensors, except each output named in ``classification``: its top

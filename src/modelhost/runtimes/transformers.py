@@ -35,6 +35,7 @@ from transformers.utils import logging as hf_logging
 from modelhost.archive.manifest import (
     Batching,
     ClassificationPostprocessing,
+    EmbeddingPostprocessing,
     Manifest,
     ModelSpec,
     TensorSignature,
@@ -107,7 +108,7 @@ _PACKED = (
 
 
 def spec_of_model_dir(
-    model_dir: Path, *, truncate: bool = True
+    model_dir: Path, *, truncate: bool = True, shorten_to: tuple[int, ...] = ()
 ) -> tuple[ModelSpec, dict[str, Path]]:
     """The model spec and the files of a text model directory: a sequence classifier
     (``architectures`` names a ``...ForSequenceClassification``; labels from ``id2label``)
@@ -117,7 +118,8 @@ def spec_of_model_dir(
     Pooling comes from ``1_Pooling/config.json``, normalization from a ``Normalize``
     module in ``modules.json``, the token limit from ``sentence_bert_config.json``
     (``max_seq_length``) or the model's ``max_position_embeddings``. ``truncate``: cut
-    longer texts at the limit (else a request holding one is refused).
+    longer texts at the limit (else a request holding one is refused). ``shorten_to``: the
+    sizes an embedding model was trained to be cut to (Matryoshka), which requests may ask for.
 
     Raises:
         ConfigError: not a directory, or unreadable JSON. ArchiveError: see
@@ -140,6 +142,8 @@ def spec_of_model_dir(
     ))  # fmt: skip
     files = {name: model_dir / name for name in _PACKED if (model_dir / name).is_file()}
     if any(a.endswith("ForSequenceClassification") for a in hf.architectures or ()):
+        if shorten_to:
+            raise ConfigError("shorten_to applies to embedding models; this is a classifier")
         labels = tuple(str(hf.id2label[i]) for i in range(int(hf.num_labels)))
         logits = TensorSignature(name="logits", dtype="float32", shape=(-1, len(labels)))
         spec = ModelSpec(
@@ -157,12 +161,20 @@ def spec_of_model_dir(
     modules = _json(model_dir / "modules.json", [])
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     width = int(hf.hidden_size)
+    if any(not 0 < n < width for n in shorten_to):
+        raise ConfigError(
+            f"shorten_to {list(shorten_to)}: sizes must be between 1 and {width - 1} (this "
+            f"model's vectors have {width})"
+        )
+    if len(set(shorten_to)) != len(shorten_to):
+        raise ConfigError(f"shorten_to {list(shorten_to)} names a size twice")
     spec = ModelSpec(
         runtime="transformers",
         task="embedding",
         inputs=inputs,
         outputs=(TensorSignature(name="embedding", dtype="float32", shape=(-1, width)),),
         preprocessing=prep,
+        postprocessing=EmbeddingPostprocessing(shorten_to=shorten_to) if shorten_to else None,
         batching=batching,
         runtime_config=TransformersConfig(pooling=pooling, normalize=normalize).model_dump(),
     )
