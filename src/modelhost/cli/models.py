@@ -1,4 +1,4 @@
-"""Commands that make archives: train, pack, inspect, export."""
+"""Commands that make archives: train, pack, inspect, export, optimize."""
 
 from __future__ import annotations
 
@@ -180,3 +180,74 @@ def export(
     m = report.manifest
     out.print(f"exported {m.name}:{m.version} to {m.runtime} -> {out_file} "
               f"(max |Δ| vs torch {report.max_abs_diff:.2e})")  # fmt: skip
+
+
+@app.command()
+@friendly
+def optimize(
+    archive: Annotated[Path, typer.Argument(help="torch, transformers or onnx archive (.mh)")],
+    to: Annotated[str, typer.Option(help="target format (onnx)")] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option(help="int8 (dynamic quantization) or fp16")
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="archive to write (default: NAME-opt.mh beside it)")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="held-out inputs: .npz of input arrays, or .txt (a text per line)"),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(help="least top-1 agreement with the original (classifiers)")
+    ] = 0.99,
+    min_cosine: Annotated[
+        float, typer.Option(help="least mean cosine similarity (embedding models)")
+    ] = 0.99,
+    max_error: Annotated[
+        float, typer.Option(help="largest absolute output difference (other models)")
+    ] = 1e-2,
+    graph_optimization: Annotated[
+        str, typer.Option(help="onnxruntime graph optimizations: disabled|basic|extended|all")
+    ] = "all",
+    force: Annotated[
+        bool, typer.Option(help="write the archive even below the thresholds")
+    ] = False,
+    trust_code: Annotated[
+        bool, typer.Option("--trust-code", help="run a torch archive's model.py (it is code)")
+    ] = False,
+) -> None:
+    """Export to ONNX (optionally quantized), check the answers against the original on
+    held-out data, time both, and write the new archive if the quality holds."""
+    from modelhost.config import Settings
+    from modelhost.optimize.optimizer import optimize_archive
+    from modelhost.optimize.quality import Thresholds
+    from modelhost.serving.config import engine_config
+    from modelhost.serving.loader import load_options
+
+    if to != "onnx":
+        raise ConfigError(f"--to {to!r} is not supported; optimize exports to onnx")
+    if quantize not in (None, "int8", "fp16"):
+        raise ConfigError(f"--quantize {quantize!r} is not supported; use int8 or fp16")
+    target = out_file or archive.with_name(f"{archive.stem}-opt.mh")
+    thresholds = Thresholds(min_agreement, min_cosine, max_error)
+    with out.status("optimizing") as status:
+        report = optimize_archive(
+            archive, target, quantize_to=quantize, data=data, thresholds=thresholds,  # type: ignore[arg-type]
+            force=force, trust_code=trust_code, graph_optimization=graph_optimization,
+            options=load_options(engine_config(Settings()), device="cpu"),
+            progress=lambda line: status.update(line),
+        )  # fmt: skip
+    table = Table("", "original", "optimized", "change", title=report.title())
+    for row in report.rows():
+        table.add_row(*row)
+    out.print(table)
+    if report.synthetic_data:
+        out.print(f"[yellow]note:[/] checked on {report.data}; pass --data for real held-out data")
+    if report.manifest is None:
+        raise ConfigError(
+            "the optimized model misses the quality threshold ("
+            + "; ".join(report.failures)
+            + "): nothing written; lower the threshold or pass --force"
+        )
+    forced = " (forced past: " + "; ".join(report.failures) + ")" if report.failures else ""
+    out.print(f"wrote {target}{forced}")

@@ -1,4 +1,5 @@
-"""ONNX Runtime: one ``InferenceSession`` per instance, full graph optimizations.
+"""ONNX Runtime: one ``InferenceSession`` per instance, graph optimizations at the level
+the archive names (``runtime_config.graph_optimization``, default ``all``).
 
 ONNX is data, provided no tensor reads bytes from outside the archive. Before a session is
 made, every tensor of the model (graph and subgraph initializers, sparse initializers,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -47,6 +49,16 @@ class OnnxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     file: str = "model.onnx"
+    # onnxruntime's graph optimization level for the session.
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+
+
+GRAPH_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 class OnnxPredictor:
@@ -87,7 +99,7 @@ class OnnxRuntime:
             raise ArchiveError(f"runtime_config.file {cfg.file!r} is not in the archive")
         check_external_data(model_dir / cfg.file, cfg.file, manifest.files)
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = GRAPH_LEVELS[cfg.graph_optimization]
         so.intra_op_num_threads = options.onnx_intra_op_threads
         so.inter_op_num_threads = options.onnx_inter_op_threads
         spinning = "1" if options.onnx_allow_spinning else "0"

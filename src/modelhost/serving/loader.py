@@ -42,10 +42,16 @@ def batch_policy(manifest: Manifest, config: EngineConfig) -> BatchPolicy:
     )
 
 
-def load_options(config: EngineConfig, manifest: Manifest) -> LoadOptions:
-    """How ``manifest`` is loaded: its device unless the server names one, thread counts."""
+def load_options(
+    config: EngineConfig, manifest: Manifest | None = None, device: str = ""
+) -> LoadOptions:
+    """How ``manifest`` is loaded: ``device``, else the server's, else the manifest's when
+    the server says auto; thread counts from ``config``."""
+    chosen = device or config.device
+    if chosen == "auto" and manifest is not None:
+        chosen = manifest.device
     return LoadOptions(
-        device=config.device if config.device != "auto" else manifest.device,
+        device=chosen,
         torch_threads=config.torch_threads,
         onnx_intra_op_threads=config.onnx_intra_op_threads,
         onnx_inter_op_threads=config.onnx_inter_op_threads,
