@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", description="uvicorn log level"
     )
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field(
+        "auto",
+        description="auto, cpu, cuda or cuda:N",
+        pattern=r"^(auto|cpu|cuda(:(0|[1-9][0-9]{0,2}))?)$",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

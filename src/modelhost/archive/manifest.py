@@ -174,7 +174,7 @@ class ModelSpec(_Strict):
     batching: Batching = Batching()
     # How requests become model calls (serving/scheduler.py): "dynamic" batches requests.
     scheduler: str = Field("dynamic", pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:(0|[1-9][0-9]{0,2}))?)$")
     runtime_config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
 

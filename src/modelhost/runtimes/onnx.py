@@ -68,7 +68,10 @@ class OnnxPredictor:
         self._session = session
         self._output_names = [spec.name for spec in manifest.outputs]
         providers = session.get_providers()
-        self._device = "cuda" if "CUDAExecutionProvider" in providers else "cpu"
+        self._device = "cpu"
+        if "CUDAExecutionProvider" in providers:
+            cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
+            self._device = f"cuda:{cuda.get('device_id', '0')}"
 
     @property
     def device(self) -> str:
