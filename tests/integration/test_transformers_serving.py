@@ -158,3 +158,52 @@ def test_shared_placement_workers_tokenize_and_similar_lengths_share_padded_batc
     assert requests == len(texts)
     assert 1 <= batches <= len(texts)
     assert 0 <= padding / batches < 1 / 3
+
+
+def test_a_text_classifier_answers_labels_for_strings_on_every_route(tmp_path):
+    """A small BERT sequence classifier (random weights, safetensors, MiniLM's tokenizer):
+    labels from its id2label, scores as the in-process logits' softmax."""
+    import shutil
+
+    import torch
+    import transformers
+
+    directory = tmp_path / "sentiment"
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    shutil.copy(MODEL_DIR / "tokenizer.json", directory / "tokenizer.json")
+    archive = tmp_path / "sentiment.mh"
+    packed = mh("pack-hf", str(directory), "--name", "sentiment", "--version", "1",
+                "--out", str(archive))  # fmt: skip
+    assert packed.returncode == 0, packed.stderr
+    assert "classification; " in packed.stdout
+    assert "3 labels: negative, neutral, positive" in packed.stdout
+    with running_server(archive) as srv:
+        native = httpx.post(f"{srv.url}/v1/models/sentiment:predict", json={"instances": TEXTS})
+        v2 = httpx.post(f"{srv.url}/v2/models/sentiment/infer", json={
+            **_v2(TEXTS), "outputs": [{"name": "logits", "parameters": {"classification": 1}}]
+        })  # fmt: skip
+        openai = httpx.post(f"{srv.url}/v1/embeddings", json={"model": "sentiment", "input": "x"})
+    from support.minilm import token_tensors
+
+    with torch.inference_mode():
+        tokens = {k: torch.from_numpy(v) for k, v in token_tensors(TEXTS).items()}
+        probs = torch.softmax(model(**tokens).logits, dim=1).numpy()
+    names = ["negative", "neutral", "positive"]
+    assert native.status_code == 200, native.text
+    for answer, row in zip(native.json()["predictions"], probs, strict=True):
+        assert answer["label"] == names[int(row.argmax())]
+        assert answer["score"] == pytest.approx(float(row.max()), abs=1e-5)
+        assert [t["label"] for t in answer["top_k"]] == [names[i] for i in row.argsort()[::-1]]
+    assert v2.status_code == 200, v2.text
+    ranked = v2.json()["outputs"][0]["data"]
+    assert [r.split(":")[2] for r in ranked] == [names[int(row.argmax())] for row in probs]
+    assert openai.status_code == 400
+    assert openai.json()["error"]["param"] == "model"
