@@ -91,12 +91,13 @@ class KServeV2API:
 
     async def model_metadata(self, request: Request) -> Response:
         info = self._model(request)
+        codec = await self._codecs.of(info)
         return json_response(
             {
                 "name": info.name,
                 "versions": self._state.data.versions(info.name),
                 "platform": info.platform,
-                "inputs": tensor_metadata(self._codecs.of(info).wire_inputs),
+                "inputs": tensor_metadata(codec.wire_inputs),
                 "outputs": tensor_metadata(info.outputs),
             }
         )
@@ -123,7 +124,7 @@ class KServeV2API:
                     "application/octet-stream with Inference-Header-Content-Length)"
                 )
             header_length = _parse_header_length(header)
-            codec = self._codecs.of(info)
+            codec = await self._codecs.of(info)
             body = await request.body()
             decoded = await self._pool.finish(codec.decode_tensors(body, header_length))
             result = await infer(self._state, request, route, decoded.inputs, decoded.id)

@@ -88,7 +88,7 @@ class NativeAPI:
             route = self._state.data.resolve(params["name"], params.get("version"))
             info = route.info
             obs.model, obs.version = info.name, info.version
-            codec = self._codecs.of(info)
+            codec = await self._codecs.of(info)
             kind = media_type(request)
             body = await request.body()
             inputs = await self._pool.finish(codec.decode(body, kind))

@@ -184,7 +184,7 @@ class OpenAIAPI:
                 raise ModelNotFound(f"the model {ask.model!r} does not exist: {exc}") from exc
             info = route.info
             obs.model, obs.version = info.name, info.version
-            codec = self._codecs.of(info)
+            codec = await self._codecs.of(info)
             _check_embedding_model(info, codec, ask)
             try:
                 inputs = await self._pool.finish(codec.decode_texts(ask.texts, "input"))
