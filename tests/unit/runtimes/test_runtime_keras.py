@@ -34,7 +34,7 @@ def classifier():
     return keras.Sequential(
         [
             keras.Input((4,), name="features"),
-            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
             keras.layers.Dense(3, activation="softmax", name="probabilities"),
         ],
         name="tiny",
@@ -216,12 +216,12 @@ def python_lambda(config) -> None:
 
 REFUSALS = [
     (tfsm_layer, r"layer 'saved' \(TFSMLayer\) inside 'tiny' is refused: it loads a TensorFlow"),
-    (custom_module, r"layer 'dense' \(Dense\) inside 'tiny' is a custom class \(module "
+    (custom_module, r"layer 'hidden' \(Dense\) inside 'tiny' is a custom class \(module "
      r"'mypackage.layers'\)"),
     (registered_custom, r"is a custom class \(registered as 'mine>Twice'\)"),
-    (foreign_function, r"function 'system' of module 'os' inside 'tiny' > 'dense' is refused"),
+    (foreign_function, r"function 'system' of module 'os' inside 'tiny' > 'hidden' is refused"),
     (keras_utility, r"function 'enable_unsafe_deserialization' of module 'keras.config'"),
-    (python_lambda, r"a Python lambda \(bytecode\) inside 'tiny' > 'dense' is refused"),
+    (python_lambda, r"a Python lambda \(bytecode\) inside 'tiny' > 'hidden' is refused"),
 ]  # fmt: skip
 
 
