@@ -95,7 +95,6 @@ def first_dense(config) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny() -> dict[str, object]:
-    keras.utils.set_random_seed(0)
     return {"classifier": classifier(), "two": two_in_two_out()}
 
 
