@@ -11,21 +11,38 @@ from rich.table import Table
 from modelhost.cli.base import app, friendly, out
 from modelhost.errors import ConfigError
 
+_FRAMEWORKS = ("torch", "keras")
+
 
 @app.command()
 @friendly
 def train(
     recipe: Annotated[str, typer.Argument(help="what to train: digits-cnn")],
     out_dir: Annotated[Path, typer.Option("--out", help="directory for the trained model")],
-    epochs: Annotated[int, typer.Option(help="passes over the training data")] = 12,
+    framework: Annotated[
+        str, typer.Option(help="torch (safetensors + model.py) or keras (.h5, torch backend)")
+    ] = "torch",
+    epochs: Annotated[
+        int | None, typer.Option(help="passes over the training data [torch: 12, keras: 15]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same weights)")] = 0,
 ) -> None:
     """Train a model recipe on its bundled data set."""
     if recipe != "digits-cnn":
         raise ConfigError(f"unknown recipe {recipe!r}; available: digits-cnn")
-    from modelhost.train.digits import train_digits
+    if framework not in _FRAMEWORKS:
+        raise ConfigError(f"--framework {framework!r} is not supported; use torch or keras")
+    if framework == "keras":
+        from modelhost.train.digits_keras import EPOCHS, train_digits_keras
 
-    report = train_digits(out_dir, epochs=epochs, seed=seed, console=out)
+        epochs = EPOCHS if epochs is None else epochs
+        report = train_digits_keras(out_dir, epochs=epochs, seed=seed, console=out)
+    else:
+        from modelhost.train.digits import EPOCHS as TORCH_EPOCHS
+        from modelhost.train.digits import train_digits
+
+        epochs = TORCH_EPOCHS if epochs is None else epochs
+        report = train_digits(out_dir, epochs=epochs, seed=seed, console=out)
     out.print(
         f"test accuracy {report.test_accuracy:.4f} in {report.duration_s:.1f} s; "
         f"wrote {out_dir} (pack it: modelhost pack {out_dir} --name digits --version 1 "
@@ -43,11 +60,15 @@ def pack(
 ) -> None:
     """Pack a trained model directory into one verified archive."""
     from modelhost.archive import pack_model_dir
-    from modelhost.runtimes.registry import check_spec
+    from modelhost.runtimes.registry import check_packable
 
     try:
         manifest = pack_model_dir(
-            model_dir, name=name, version=version, out=out_file, check=check_spec
+            model_dir,
+            name=name,
+            version=version,
+            out=out_file,
+            check=lambda spec: check_packable(spec, model_dir),
         )
     except OSError as exc:
         if exc.filename is not None:
@@ -111,6 +132,31 @@ def _sizes(text: str) -> list[int]:
     if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise ConfigError(f"--shorten-to {text!r} is not a comma-separated list of sizes")
     return [int(p) for p in parts]
+
+
+@app.command("pack-keras")
+@friendly
+def pack_keras(
+    model_file: Annotated[Path, typer.Argument(help="Keras model file (.keras or .h5)")],
+    name: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version")],
+    out_file: Annotated[Path, typer.Option("--out", help="archive to write (.mh)")],
+    labels: Annotated[
+        str | None, typer.Option(help="class names of a classifier, comma-separated")
+    ] = None,
+) -> None:
+    """Pack a Keras 3 model file (built-in layers only) into an archive."""
+    from modelhost.archive import write_archive
+    from modelhost.runtimes.keras import spec_of_keras_file
+
+    names = tuple(label.strip() for label in labels.split(",")) if labels else ()
+    spec, files = spec_of_keras_file(model_file, labels=names)
+    manifest = write_archive(spec, files, name=name, version=version, out=out_file)
+    signature = ", ".join(f"{s.name} {list(s.shape)}" for s in manifest.inputs)
+    out.print(
+        f"packed {manifest.name}:{manifest.version} ({manifest.task}; {signature} -> "
+        f"{', '.join(o.name for o in manifest.outputs)}) -> {out_file}"
+    )
 
 
 @app.command()

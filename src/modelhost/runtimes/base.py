@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from modelhost.archive.manifest import Manifest
+from modelhost.archive.manifest import Manifest, ModelSpec
 from modelhost.errors import ArchiveError
 
 
@@ -79,8 +79,9 @@ def outputs_by_name(manifest: Manifest, values: object) -> dict[str, object]:
     return dict(zip(names, seq, strict=True))
 
 
-def parse_config(manifest: Manifest, model: type[BaseModel]) -> Any:
-    """Validate ``manifest.runtime_config`` with a runtime's own config model."""
+def parse_config(manifest: ModelSpec, model: type[BaseModel]) -> Any:
+    """Validate ``runtime_config`` of a manifest (or a spec being packed) with a runtime's
+    own config model."""
     try:
         return model.model_validate(manifest.runtime_config)
     except ValidationError as exc:

@@ -1,19 +1,20 @@
 """Runtimes by name, declared once. A new runtime is one module and one ``RuntimeEntry``.
 
 Each entry says where the runtime lives, which pip extra installs its framework, its KServe
-v2 ``platform`` string, the tasks it serves, and whether loading an archive for it runs code
-the archive carries (the server's ``--trust-code`` gate). A manifest is checked against it
-(:func:`check_spec`) when it is packed and when it is loaded. Nothing here imports a
-framework: the modules are imported lazily, so serving an ONNX model needs no torch, and
-the other way round.
+v2 ``platform`` string, the tasks it serves, whether loading an archive for it runs code
+the archive carries (the server's ``--trust-code`` gate), and optionally how to check its
+model files before packing. A manifest is checked against it (:func:`check_spec`) when it
+is packed and when it is loaded. Nothing here imports a framework: the modules are imported
+lazily, so serving an ONNX model needs no torch, and the other way round.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from pathlib import Path
+from types import MappingProxyType, ModuleType
 
 from modelhost.archive.manifest import ModelSpec
 from modelhost.errors import ArchiveError, ConfigError
@@ -29,7 +30,12 @@ class RuntimeEntry:
     ``forward`` and ``__setstate__`` may call ``torch.from_file`` and read any file). ONNX
     is data: onnxruntime 1.32 refuses external data outside the model's directory, loads no
     custom-op library unless the server registers one, and ``runtimes/onnx.py`` refuses any
-    tensor whose bytes are not a file of the archive.
+    tensor whose bytes are not a file of the archive. Keras is data as modelhost loads it
+    (``safe_mode`` on; Lambda, TFSMLayer and custom classes refused: ``keras_files.py``).
+
+    ``check_files`` names (``module:function``) a check of a model directory's files that
+    ``pack`` runs before writing, without the framework: ``function(spec, model_dir)``,
+    raising ArchiveError. Empty: the files are checked at load only.
     """
 
     name: str
@@ -38,6 +44,7 @@ class RuntimeEntry:
     platform: str
     runs_code: bool
     tasks: frozenset[str]
+    check_files: str = ""
 
     def check_task(self, task: str) -> None:
         """Raises ArchiveError unless this runtime serves ``task``."""
@@ -61,6 +68,10 @@ _ENTRIES = (
     # Offline, safetensors only, trust_remote_code off: the archive's code never runs.
     RuntimeEntry("transformers", "modelhost.runtimes.transformers", "text", "transformers",
                  runs_code=False, tasks=frozenset({"embedding", "classification"})),
+    # safe_mode on, compile off; Lambda, TFSMLayer and custom classes refused at pack and load.
+    RuntimeEntry("keras", "modelhost.runtimes.keras", "keras", "keras", runs_code=False,
+                 tasks=_TENSOR_TASKS,
+                 check_files="modelhost.runtimes.keras_files:check_model_dir"),
 )  # fmt: skip
 RUNTIMES: Mapping[str, RuntimeEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 
@@ -102,6 +113,22 @@ def check_spec(spec: ModelSpec) -> RuntimeEntry:
     return entry
 
 
+def check_packable(spec: ModelSpec, model_dir: Path) -> RuntimeEntry:
+    """:func:`check_spec`, then the runtime's check of the files in ``model_dir`` (its
+    ``check_files``), which imports no framework.
+
+    Raises:
+        ArchiveError: see :func:`check_spec`, or the runtime refuses a file (the message
+            names it). ConfigError: the check needs a package that is not installed.
+    """
+    entry = check_spec(spec)
+    if entry.check_files:
+        module_name, _, function = entry.check_files.partition(":")
+        check: Callable[[ModelSpec, Path], None] = getattr(_import(module_name, entry), function)
+        check(spec, model_dir)
+    return entry
+
+
 def runs_code(runtime_name: str) -> bool:
     """Whether loading an archive of ``runtime_name`` runs code from the archive.
 
@@ -124,12 +151,15 @@ def get_runtime(name: str) -> Runtime:
         ConfigError: unknown runtime, or its framework is not installed (names the extra).
     """
     entry = runtime_entry(name)
+    runtime: Runtime = _import(entry.module, entry).RUNTIME
+    return runtime
+
+
+def _import(module_name: str, entry: RuntimeEntry) -> ModuleType:
     try:
-        module = importlib.import_module(entry.module)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"runtime {name!r} needs {exc.name or 'its framework'}: "
+            f"runtime {entry.name!r} needs {exc.name or 'its framework'}: "
             f"pip install 'modelhost[{entry.extra}]'"
         ) from exc
-    runtime: Runtime = module.RUNTIME
-    return runtime

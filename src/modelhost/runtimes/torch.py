@@ -65,7 +65,7 @@ class TorchPredictor:
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            args = [_tensor(batch[name]).to(self._device) for name in self._input_names]
+            args = [to_torch(batch[name]).to(self._device) for name in self._input_names]
             raw = self._module(*args)
         outputs = {}
         for name, value in outputs_by_name(self._manifest, raw).items():
@@ -78,8 +78,9 @@ class TorchPredictor:
         return outputs
 
 
-def _tensor(arr: np.ndarray) -> torch.Tensor:
-    # torch refuses to share read-only memory (np.frombuffer of a request body): copy those.
+def to_torch(arr: np.ndarray) -> torch.Tensor:
+    """``arr`` as a CPU tensor sharing its memory; a read-only array (``np.frombuffer`` of a
+    request body) is copied first, as torch refuses to share read-only memory."""
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 

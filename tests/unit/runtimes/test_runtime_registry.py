@@ -13,7 +13,13 @@ from modelhost.runtimes import get_runtime, runs_code, runtime_names
 from modelhost.runtimes.registry import PLATFORMS, RUNTIMES, check_spec, runtime_entry
 
 # Which formats are code (they can execute or read files) and which are data.
-TRUST = [("torch", True), ("torchscript", True), ("onnx", False), ("transformers", False)]
+TRUST = [
+    ("torch", True),
+    ("torchscript", True),
+    ("onnx", False),
+    ("transformers", False),
+    ("keras", False),
+]
 
 
 @pytest.mark.parametrize(("name", "code"), TRUST)
@@ -26,7 +32,7 @@ def test_every_runtime_is_declared_once_with_all_its_facts():
     for name, entry in RUNTIMES.items():
         assert entry.name == name
         assert entry.module == f"modelhost.runtimes.{name}"
-        assert entry.extra in ("torch", "onnx", "text")
+        assert entry.extra in ("torch", "onnx", "text", "keras")
         assert PLATFORMS[name] == entry.platform
     assert dict(TRUST) == {name: entry.runs_code for name, entry in RUNTIMES.items()}
 
@@ -36,7 +42,7 @@ def spec(runtime: str, task: str = "generic") -> ModelSpec:
     return ModelSpec(runtime=runtime, task=task, inputs=(x,), outputs=(x,))
 
 
-@pytest.mark.parametrize("runtime", ["torch", "torchscript", "onnx"])
+@pytest.mark.parametrize("runtime", ["torch", "torchscript", "onnx", "keras"])
 @pytest.mark.parametrize("task", typing.get_args(Task))
 def test_the_tensor_runtimes_serve_every_task_a_manifest_may_name(runtime, task):
     assert check_spec(spec(runtime, task)) is RUNTIMES[runtime]
@@ -55,7 +61,7 @@ def test_a_spec_of_a_runtime_this_modelhost_lacks_is_refused_naming_the_known_on
     with pytest.raises(ArchiveError) as info:
         check_spec(spec(runtime))
     assert repr(runtime) in str(info.value)
-    assert "onnx, torch, torchscript, transformers" in str(info.value)
+    assert "keras, onnx, torch, torchscript, transformers" in str(info.value)
 
 
 def test_a_task_a_runtime_does_not_serve_is_refused_naming_what_it_serves():
@@ -72,6 +78,7 @@ def test_platforms_are_the_kserve_strings():
         "torchscript": "pytorch_torchscript",
         "onnx": "onnx_onnxv1",
         "transformers": "transformers",
+        "keras": "keras",
     }
 
 
@@ -88,7 +95,7 @@ def test_unknown_runtimes_are_a_config_error_naming_the_known_ones(name):
         with pytest.raises(ConfigError, match="unknown runtime") as info:
             call(name)
         assert repr(name) in str(info.value)
-        assert "onnx, torch, torchscript, transformers" in str(info.value)
+        assert "keras, onnx, torch, torchscript, transformers" in str(info.value)
 
 
 def test_runs_code_imports_no_framework():
@@ -96,7 +103,7 @@ def test_runs_code_imports_no_framework():
         "import sys\n"
         "from modelhost.runtimes.registry import runs_code, PLATFORMS\n"
         "assert [runs_code(n) for n in ('torch', 'torchscript', 'onnx')] == [True, True, False]\n"
-        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'keras') if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
