@@ -1,4 +1,5 @@
-"""Session fixtures: one trained digits model, its archives, one shared server."""
+"""Session fixtures: one trained digits model (torch, and Keras), its archives, one shared
+server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.cli import mh
 from support.paths import EXAMPLE_IMAGES
 from support.server import ServerProcess, running_server
 
@@ -74,3 +76,22 @@ def example_images() -> dict[str, bytes]:
     }
     assert len(images) == 10, f"expected 10 example images in {EXAMPLE_IMAGES}"
     return images
+
+
+@pytest.fixture(scope="session")
+def keras_digits_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The Keras digits CNN trained once per session by the CLI; (directory, its output)."""
+    out = tmp_path_factory.mktemp("keras-digits") / "model"
+    done = mh("train", "digits-cnn", "--framework", "keras", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done.stdout
+
+
+@pytest.fixture(scope="session")
+def keras_digits_archive(keras_digits_dir: tuple[Path, str]) -> Path:
+    model_dir, _ = keras_digits_dir
+    archive = model_dir.parent / "kdigits.mh"
+    done = mh("pack", str(model_dir), "--name", "kdigits", "--version", "1",
+              "--out", str(archive))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return archive

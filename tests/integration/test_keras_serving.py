@@ -28,25 +28,6 @@ pytestmark = pytest.mark.slow
 INFER = "/v2/models/kdigits/infer"
 
 
-@pytest.fixture(scope="session")
-def keras_digits_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The Keras digits CNN trained once per session by the CLI; (directory, its output)."""
-    out = tmp_path_factory.mktemp("keras-digits") / "model"
-    done = mh("train", "digits-cnn", "--framework", "keras", "--out", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out, done.stdout
-
-
-@pytest.fixture(scope="session")
-def keras_digits_archive(keras_digits_dir: tuple[Path, str]) -> Path:
-    model_dir, _ = keras_digits_dir
-    archive = model_dir.parent / "kdigits.mh"
-    done = mh("pack", str(model_dir), "--name", "kdigits", "--version", "1",
-              "--out", str(archive))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return archive
-
-
 @pytest.fixture(scope="module")
 def keras_server(keras_digits_archive: Path):
     with running_server(keras_digits_archive) as srv:  # no --trust-code

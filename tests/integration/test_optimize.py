@@ -137,3 +137,17 @@ def test_what_optimize_refuses_is_one_error_line(
     for fragment, result in cases.items():
         assert fragment.strip() in one_error_line(result), fragment
     assert not out.exists()
+
+
+def test_a_keras_archive_exports_to_onnx_without_trusting_code(
+    keras_digits_archive, heldout_digits, tmp_path
+):
+    out = tmp_path / "kdigits-onnx.mh"
+    done = mh("optimize", str(keras_digits_archive), "--data", str(heldout_digits),
+              "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "kdigits:1 keras -> onnx" in done.stdout
+    manifest = open_archive(out, tmp_path / "opened").manifest
+    assert (manifest.runtime, manifest.task) == ("onnx", "classification")
+    assert manifest.metrics["optimize_top1_agreement"] == 1.0
+    assert manifest.metrics["optimize_max_abs_error"] < 1e-4

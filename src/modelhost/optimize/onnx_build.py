@@ -2,8 +2,10 @@
 quantize.
 
     torch archive         nn.Module (the archive's model.py)          ─┐
-    transformers archive  the model + its pooling (+ normalization)    ├─► torch.onnx.export
-                          or its classification head, eager attention ─┘   (dynamic axes)
+    transformers archive  the model + its pooling (+ normalization)    │
+                          or its classification head, eager attention  ├─► torch.onnx.export
+    keras archive         the loaded keras.Model (on the torch backend ─┘   (dynamic axes)
+                          a Keras layer is a torch module)
     onnx archive          its model file as it is
           └─► quantize: int8 (dynamic: int8 weights, activations quantized at run time)
                         fp16 (weights and compute in float16; inputs and outputs stay float32)
@@ -17,7 +19,7 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -91,6 +93,25 @@ def export_transformers(
         attn_implementation="eager",  # a traceable graph; SDPA's kernels do not export
     )  # fmt: skip
     export_torch_module(_TextHead(model.eval(), manifest), manifest, probe, target)
+
+
+class _KerasGraph(torch.nn.Module):
+    """A Keras model (torch backend) called as Keras calls it in inference."""
+
+    def __init__(self, model: torch.nn.Module, inputs: int) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        return self.model(tensors[0] if self.inputs == 1 else list(tensors), training=False)
+
+
+def export_keras(
+    model: torch.nn.Module, manifest: Manifest, probe: dict[str, np.ndarray], target: Path
+) -> None:
+    """Export a loaded Keras model (the keras runtime's, on the torch backend)."""
+    export_torch_module(_KerasGraph(model, len(manifest.inputs)), manifest, probe, target)
 
 
 def copy_onnx(root: Path, manifest: Manifest, target: Path) -> None:

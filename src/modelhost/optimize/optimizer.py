@@ -1,5 +1,6 @@
-"""``modelhost optimize``: export an archive to ONNX (optionally quantized), prove what it
-keeps and what it gains, and write the new archive only when the quality holds.
+"""``modelhost optimize``: export a torch, transformers, keras or onnx archive to ONNX
+(optionally quantized), prove what it keeps and what it gains, and write the new archive
+only when the quality holds.
 
     source.mh ──open──► original predictor ─┐
         │                                   ├─► same held-out batches ─► Quality (gate)
@@ -36,6 +37,7 @@ from modelhost.optimize.heldout import HeldOut, held_out
 from modelhost.optimize.onnx_build import (
     Quantize,
     copy_onnx,
+    export_keras,
     export_torch_module,
     export_transformers,
     quantize,
@@ -44,7 +46,7 @@ from modelhost.optimize.quality import Quality, Thresholds, compare
 from modelhost.runtimes.base import LoadOptions, Predictor
 from modelhost.runtimes.registry import RUNTIMES, get_runtime
 
-SOURCES = ("torch", "transformers", "onnx")
+SOURCES = ("torch", "transformers", "keras", "onnx")
 MODEL_FILE = "model.onnx"
 _MIN_TIMING_S = 0.5
 _DEFAULT_THRESHOLDS = Thresholds()
@@ -158,7 +160,7 @@ def optimize_archive(
         out_dir.mkdir()
         exported = Path(tmp) / "exported.onnx"
         progress("exporting to ONNX")
-        _export(manifest, root, heldout, exported)
+        _export(manifest, root, heldout, exported, original)
         target = out_dir / MODEL_FILE
         if quantize_to is None:
             exported.replace(target)
@@ -206,12 +208,19 @@ def optimize_archive(
     )  # fmt: skip
 
 
-def _export(manifest: Manifest, root: Path, heldout: HeldOut, target: Path) -> None:
+def _export(
+    manifest: Manifest, root: Path, heldout: HeldOut, target: Path, original: Predictor
+) -> None:
     probe = heldout.first_rows(2)
     if manifest.runtime == "onnx":
         copy_onnx(root, manifest, target)
     elif manifest.runtime == "transformers":
         export_transformers(root, manifest, probe, target)
+    elif manifest.runtime == "keras":
+        from modelhost.runtimes.keras import KerasPredictor
+
+        assert isinstance(original, KerasPredictor)  # what the keras runtime loads
+        export_keras(original.model, manifest, probe, target)
     else:
         from modelhost.runtimes.torch import load_module
 
