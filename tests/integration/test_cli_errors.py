@@ -175,7 +175,7 @@ def test_a_runtime_this_modelhost_lacks_is_one_error_line_at_pack_and_at_serve(
     out = tmp_path / "x.mh"
     line = one_error_line(mh("pack", str(model_dir), "--name", "x", "--version", "1",
                              "--out", str(out)))  # fmt: skip
-    known = "keras, onnx, torch, torchscript, transformers"
+    known = "keras, onnx, python, torch, torchscript, transformers"
     assert f"runtime 'tensorflow' is not one of this modelhost's: {known}" in line
     assert not out.exists()  # refused before anything was written
     foreign = repack(onnx_archive, tmp_path / "foreign.mh", runtime="tensorflow")

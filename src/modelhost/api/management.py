@@ -76,7 +76,9 @@ class RegistryPort(Protocol):
 
     def forget(self, source: ArchiveSource, actor: str) -> None: ...
 
-    def commit(self, served: list[VersionState], actor: str, action: str, target: str) -> None: ...
+    def commit(
+        self, served: list[VersionState], actor: str, action: str, target: str, detail: str = ""
+    ) -> None: ...
 
     def record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None: ...
 
@@ -94,6 +96,7 @@ class _Loaded:
     previous_default: str | None
     source: ArchiveSource
     uploaded: bool
+    detail: str  # the audit entry's: what code it runs, if any
 
 
 def _version_doc(v: VersionView) -> dict[str, Any]:
@@ -169,8 +172,10 @@ class ManagementAPI:
         target: str,
         apply: Callable[[], Awaitable[T]],
         undo: Callable[[T], Awaitable[None]],
+        detail: Callable[[T], str] = lambda _: "",
     ) -> T:
-        """Apply a change, then persist it with its audit entry; undo it if that fails."""
+        """Apply a change, then persist it with its audit entry (``detail`` of the result);
+        undo it if that fails."""
         try:
             result = await apply()
         except ModelhostError as exc:
@@ -180,7 +185,9 @@ class ManagementAPI:
             return result
         try:
             served = self._models.snapshot()
-            await asyncio.to_thread(self._registry.commit, served, self._actor, action, target)
+            await asyncio.to_thread(
+                self._registry.commit, served, self._actor, action, target, detail(result)
+            )
         except ModelhostError as exc:
             await undo(result)
             exc.message = f"{exc.message}; the change was not applied"
@@ -214,8 +221,14 @@ class ManagementAPI:
                 if source.origin == "upload":
                     source.path.unlink(missing_ok=True)
             response = json_response(await self._describe(done.name) | {"loaded": done.version})
+            note = (
+                f"{done.name}:{done.version} runs its author's code in the server (trusted "
+                f"with --trust-code; sha256 {done.sha256})"
+                if done.runs_code
+                else ""
+            )
             return _Loaded(response, done.name, done.version, done.fresh, done.previous_default,
-                           source, uploaded)  # fmt: skip
+                           source, uploaded, note)  # fmt: skip
 
         async def undo(loaded: _Loaded) -> None:
             if not loaded.fresh:
@@ -225,7 +238,8 @@ class ManagementAPI:
                 await models.set_default(loaded.name, loaded.previous_default)
             await self._forget(loaded.source, loaded.uploaded)
 
-        return (await self._change("load", "models", apply, undo)).response
+        loaded = await self._change("load", "models", apply, undo, lambda done: done.detail)
+        return loaded.response
 
     async def _forget(self, source: ArchiveSource, uploaded: bool) -> None:
         """Take a registered upload out of the registry again (it is not served). When the

@@ -61,14 +61,18 @@ class ServerRegistry:
         if source.ref is not None and source.ref.version is not None:
             self._registry().remove(source.ref.name, source.ref.version, actor)
 
-    def commit(self, served: list[VersionState], actor: str, action: str, target: str) -> None:
+    def commit(
+        self, served: list[VersionState], actor: str, action: str, target: str, detail: str = ""
+    ) -> None:
         """Record what is served and the audit entry of the change, in one transaction."""
         kept = _registry_versions(served)
         if kept or self._uses_registry:
             self._uses_registry = True
-            self._registry().commit_change(self._settings.server_name, kept, actor, action, target)
+            self._registry().commit_change(
+                self._settings.server_name, kept, actor, action, target, detail
+            )
         else:
-            self._registry().record(actor, action, target, "ok", "")
+            self._registry().record(actor, action, target, "ok", detail)
 
     def record(self, actor: str, action: str, target: str, outcome: str, detail: str) -> None:
         """One audit entry (a refused change)."""

@@ -82,6 +82,11 @@ def serve(
             f"load {report.load_s * 1e3:.0f} ms  warm-up {report.warmup_s * 1e3:.1f} ms",
             highlight=False,
         )
+        if report.runs_code:
+            warn(
+                f"{report.name}:{report.version} runs its author's {report.runtime} code in "
+                f"this server (allowed by --trust-code; archive sha256 {report.sha256})"
+            )
 
     def serving(url: str) -> None:
         out.print(f"serving on {url}  (Ctrl-C to stop)", highlight=False)

@@ -68,6 +68,9 @@ _ENTRIES = (
     # Offline, safetensors only, trust_remote_code off: the archive's code never runs.
     RuntimeEntry("transformers", "modelhost.runtimes.transformers", "text", "transformers",
                  runs_code=False, tasks=frozenset({"embedding", "classification"})),
+    # The archive's own handler class: its code runs in the server (needs --trust-code).
+    RuntimeEntry("python", "modelhost.runtimes.python", "", "python",
+                 runs_code=True, tasks=_TENSOR_TASKS),
     # safe_mode on, compile off; Lambda, TFSMLayer and custom classes refused at pack and load.
     RuntimeEntry("keras", "modelhost.runtimes.keras", "keras", "keras", runs_code=False,
                  tasks=_TENSOR_TASKS,
@@ -161,5 +164,5 @@ def _import(module_name: str, entry: RuntimeEntry) -> ModuleType:
     except ImportError as exc:
         raise ConfigError(
             f"runtime {entry.name!r} needs {exc.name or 'its framework'}: "
-            f"pip install 'modelhost[{entry.extra}]'"
+            f"pip install 'modelhost[{entry.extra or 'all'}]'"
         ) from exc

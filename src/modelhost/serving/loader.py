@@ -96,10 +96,15 @@ class Loader:
                 code and ``trust_code`` is off.
         """
         if check_spec(manifest).runs_code and not self.config.trust_code:
+            onnx = (
+                " (or serve an ONNX archive made of it: modelhost optimize)"
+                if manifest.runtime == "torch"
+                else ""
+            )
             raise UntrustedCode(
-                f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive, which "
-                "runs code of its author when loaded; serve it with --trust-code "
-                "(MODELHOST_TRUST_CODE=1) if you trust its author, or export it to ONNX"
+                f"{manifest.name}:{manifest.version} is a {manifest.runtime} archive: loading "
+                "it runs its author's code in this server, with the server's rights; serve it "
+                "with --trust-code (MODELHOST_TRUST_CODE=1) only if you trust its author" + onnx
             )
 
     def predictor(self, root: Path, manifest: Manifest, policy: BatchPolicy) -> LoadedPredictor:

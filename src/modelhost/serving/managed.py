@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modelhost.errors import ModelNotFound
+from modelhost.runtimes.registry import runtime_entry
 from modelhost.serving.controlplane import ControlPlane
 from modelhost.serving.dataplane import DataPlane
 from modelhost.serving.manager import Detached
@@ -61,12 +62,15 @@ class ModelView:
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     """What a load did: ``fresh`` False when the version was served already (same bytes);
-    ``previous_default`` the name's default before (None: a new name)."""
+    ``previous_default`` the name's default before (None: a new name); ``runs_code`` True
+    when serving it runs its author's code (``--trust-code`` let it), ``sha256`` its bytes."""
 
     name: str
     version: str
     fresh: bool
     previous_default: str | None
+    runs_code: bool = False
+    sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +87,16 @@ class LoadReport:
     # What its requests carry (the start-up hint's example): its preprocessing's kind,
     # "image", "text" or "tabular", or "tensors" when it has none.
     takes: str = "tensors"
+    # Serving it runs its author's code (--trust-code let it); the archive's sha256.
+    runs_code: bool = False
+    sha256: str = ""
 
     @classmethod
     def of(cls, info: ModelInfo) -> LoadReport:
         """The report of a freshly loaded version."""
         return cls(info.name, info.version, info.manifest.runtime, info.device,
-                   info.instances, info.load_s, info.warmup_s,
-                   _takes(info))  # fmt: skip
+                   info.instances, info.load_s, info.warmup_s, _takes(info),
+                   runtime_entry(info.manifest.runtime).runs_code, info.sha256)  # fmt: skip
 
 
 def _takes(info: ModelInfo) -> str:
@@ -195,7 +202,11 @@ class LocalModels:
         defaults = {s.name: s.version for s in before if s.is_default}
         info = await self._control.load(source)
         fresh = (info.name, info.version) not in served
-        return LoadResult(info.name, info.version, fresh, defaults.get(info.name)), info
+        runs_code = runtime_entry(info.manifest.runtime).runs_code
+        result = LoadResult(
+            info.name, info.version, fresh, defaults.get(info.name), runs_code, info.sha256
+        )
+        return result, info
 
     async def unload(self, name: str, version: str) -> None:
         await self._control.unload(name, version)

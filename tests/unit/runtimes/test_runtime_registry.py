@@ -19,6 +19,7 @@ TRUST = [
     ("onnx", False),
     ("transformers", False),
     ("keras", False),
+    ("python", True),
 ]
 
 
@@ -32,7 +33,7 @@ def test_every_runtime_is_declared_once_with_all_its_facts():
     for name, entry in RUNTIMES.items():
         assert entry.name == name
         assert entry.module == f"modelhost.runtimes.{name}"
-        assert entry.extra in ("torch", "onnx", "text", "keras")
+        assert entry.extra in ("torch", "onnx", "text", "keras", "")  # "": numpy only
         assert PLATFORMS[name] == entry.platform
     assert dict(TRUST) == {name: entry.runs_code for name, entry in RUNTIMES.items()}
 
@@ -42,7 +43,7 @@ def spec(runtime: str, task: str = "generic") -> ModelSpec:
     return ModelSpec(runtime=runtime, task=task, inputs=(x,), outputs=(x,))
 
 
-@pytest.mark.parametrize("runtime", ["torch", "torchscript", "onnx", "keras"])
+@pytest.mark.parametrize("runtime", ["torch", "torchscript", "onnx", "keras", "python"])
 @pytest.mark.parametrize("task", typing.get_args(Task))
 def test_the_tensor_runtimes_serve_every_task_a_manifest_may_name(runtime, task):
     assert check_spec(spec(runtime, task)) is RUNTIMES[runtime]
@@ -56,12 +57,12 @@ def test_the_transformers_runtime_serves_embeddings_and_classification_only(task
         check_spec(spec("transformers", task))
 
 
-@pytest.mark.parametrize("runtime", ["tensorflow", "python", "torch2", "onnx_x"])
+@pytest.mark.parametrize("runtime", ["tensorflow", "pytorch", "torch2", "onnx_x"])
 def test_a_spec_of_a_runtime_this_modelhost_lacks_is_refused_naming_the_known_ones(runtime):
     with pytest.raises(ArchiveError) as info:
         check_spec(spec(runtime))
     assert repr(runtime) in str(info.value)
-    assert "keras, onnx, torch, torchscript, transformers" in str(info.value)
+    assert "keras, onnx, python, torch, torchscript, transformers" in str(info.value)
 
 
 def test_a_task_a_runtime_does_not_serve_is_refused_naming_what_it_serves():
@@ -79,6 +80,7 @@ def test_platforms_are_the_kserve_strings():
         "onnx": "onnx_onnxv1",
         "transformers": "transformers",
         "keras": "keras",
+        "python": "python",
     }
 
 
@@ -89,13 +91,13 @@ def test_the_registry_cannot_be_changed_at_run_time():
         RUNTIMES["evil"] = RUNTIMES["onnx"]  # type: ignore[index]
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "", "TORCH", "torch ", "python"])
+@pytest.mark.parametrize("name", ["tensorflow", "", "TORCH", "torch ", "Python"])
 def test_unknown_runtimes_are_a_config_error_naming_the_known_ones(name):
     for call in (runs_code, runtime_entry, get_runtime):
         with pytest.raises(ConfigError, match="unknown runtime") as info:
             call(name)
         assert repr(name) in str(info.value)
-        assert "keras, onnx, torch, torchscript, transformers" in str(info.value)
+        assert "keras, onnx, python, torch, torchscript, transformers" in str(info.value)
 
 
 def test_runs_code_imports_no_framework():
