@@ -97,6 +97,8 @@ def serve(
                 "image": f"curl -s -H 'Content-Type: image/png' --data-binary @IMAGE.png {predict}",
                 "text": f"""curl -s -d '{{"instances": ["Hello, world"]}}' """
                 f"-H 'Content-Type: application/json' {predict}",
+                "tabular": f"curl -s -H 'Content-Type: text/csv' --data-binary @ROWS.csv {predict}"
+                "  (a header row naming the features, then rows)",
             }.get(
                 report.takes,
                 f"curl -s {url}/v2/models/{report.name}  (its input and output tensors)",

@@ -34,6 +34,7 @@ from modelhost.archive.manifest import (
     EmbeddingPostprocessing,
     ImagePreprocessing,
     ModelSpec,
+    TabularPreprocessing,
     TextPreprocessing,
 )
 from modelhost.codecs.classification import classification_strings, classify
@@ -42,6 +43,7 @@ from modelhost.codecs.instances import plan_instances
 from modelhost.codecs.kserve_v2 import V2Request, decode_request
 from modelhost.codecs.limits import DecodeLimits
 from modelhost.codecs.steps import Step, finish
+from modelhost.codecs.tabular import TabularCodec
 from modelhost.codecs.text import TextCodec
 from modelhost.errors import ArchiveError, InvalidInput, UnsupportedMediaType
 from modelhost.types import TensorSpec
@@ -63,6 +65,7 @@ class TaskCodec:
         labels: class names by index (the first output's classes); may be empty.
         image: how an image becomes the first input, or None (the model takes no images).
         text: how strings become the token inputs, or None (the model takes no text).
+        tabular: how named features become the input matrix, or None (not tabular).
         classifier: how the first output becomes labels, or None (not a classifier).
         shorten_to: the sizes an embedding model's vectors may be cut to (Matryoshka).
         limits: what one request may make the server decode.
@@ -75,6 +78,7 @@ class TaskCodec:
     labels: tuple[str, ...]
     image: ImagePreprocessing | None
     text: TextCodec | None
+    tabular: TabularCodec | None
     classifier: ClassificationPostprocessing | None
     shorten_to: tuple[int, ...]
     limits: DecodeLimits
@@ -116,6 +120,12 @@ class TaskCodec:
             if raw is None:
                 raise ArchiveError(f"the archive's tokenizer {prep.tokenizer!r} was not read")
             text = TextCodec.build(prep, raw, inputs)
+        tabular = None
+        if isinstance(prep, TabularPreprocessing):
+            try:
+                tabular = TabularCodec.build(prep.features, inputs)
+            except InvalidInput as exc:
+                raise ArchiveError(str(exc)) from exc
         return cls(
             task=manifest.task,
             inputs=inputs,
@@ -123,6 +133,7 @@ class TaskCodec:
             labels=manifest.labels,
             image=prep if isinstance(prep, ImagePreprocessing) else None,
             text=text,
+            tabular=tabular,
             classifier=classifier,
             shorten_to=post.shorten_to if isinstance(post, EmbeddingPostprocessing) else (),
             limits=limits,
@@ -131,15 +142,21 @@ class TaskCodec:
 
     @property
     def wire_inputs(self) -> tuple[TensorSpec, ...]:
-        """The tensors a v2 request sends: the model's inputs, or ``text`` for a text model."""
-        return self.inputs if self.text is None else (TEXT_INPUT,)
+        """The tensors a v2 request sends: the model's inputs; ``text`` for a text model;
+        one tensor per feature for a tabular model."""
+        if self.text is not None:
+            return (TEXT_INPUT,)
+        if self.tabular is not None:
+            return self.tabular.wire_inputs
+        return self.inputs
 
     # -- decoding ------------------------------------------------------------------------
 
     def decode(self, body: bytes, content_type: str) -> Step[Inputs]:
         """The model's inputs from a body of ``content_type`` (lower case, no parameters):
         ``image/png`` / ``image/jpeg`` one image (a batch of one), ``application/json``
-        ``{"instances": [...]}`` (see :mod:`modelhost.codecs.instances`).
+        ``{"instances": [...]}`` (see :mod:`modelhost.codecs.instances`), ``text/csv`` rows
+        of named features (a tabular model, see :mod:`modelhost.codecs.tabular`).
 
         An image's header is read and its size charged here; decoding waits in the step.
 
@@ -152,7 +169,7 @@ class TaskCodec:
         if decoder is None:
             raise UnsupportedMediaType(
                 f"Content-Type {content_type or '(none)'!r} is not accepted; send "
-                "application/json instances or image/png or image/jpeg bytes"
+                "application/json instances, image/png or image/jpeg bytes, or text/csv rows"
             )
         return decoder(self, body)
 
@@ -173,6 +190,8 @@ class TaskCodec:
     def _instances(self, body: bytes) -> Step[Inputs]:
         if self.text is not None:
             return Step(partial(self._text_instances, body), body_bytes=len(body))
+        if self.tabular is not None:
+            return Step(partial(self._records, body), body_bytes=len(body))
         run = partial(plan_instances, body, self.inputs, self.image, self.limits)
         return Step(run, body_bytes=len(body))
 
@@ -186,6 +205,28 @@ class TaskCodec:
         if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
             raise InvalidInput('body must be a JSON object {"instances": ["text", ...]}')
         return self.decode_texts(doc["instances"], "instances")
+
+    def _records(self, body: bytes) -> Inputs:
+        tabular = self.tabular
+        assert tabular is not None  # only decoders of tabular models get here
+        self.limits.check_json_containers(body, self.inputs)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
+            raise InvalidInput('body must be a JSON object {"instances": [{record}, ...]}')
+        return {tabular.input.name: tabular.records(doc["instances"], "instances", self.limits)}
+
+    def _csv(self, body: bytes) -> Step[Inputs]:
+        tabular = self.tabular
+        if tabular is None:
+            raise UnsupportedMediaType(
+                "text/csv is for tabular models; send application/json instances"
+            )
+        return Step(
+            lambda: {tabular.input.name: tabular.csv(body, self.limits)}, body_bytes=len(body)
+        )
 
     def decode_texts(self, texts: Sequence[object], field: str) -> Step[Inputs]:
         """A text model's token inputs for ``texts`` (strings, or UTF-8 ``bytes``), one row
@@ -223,9 +264,18 @@ class TaskCodec:
         run = partial(
             decode_request, body, header_length, self.wire_inputs, self.outputs, self.limits
         )
-        if self.text is None:
-            return Step(run, body_bytes=json_bytes)
-        return Step(partial(self._tokenized, run), body_bytes=json_bytes)
+        if self.text is not None:
+            return Step(partial(self._tokenized, run), body_bytes=json_bytes)
+        if self.tabular is not None:
+            return Step(partial(self._tabulated, run), body_bytes=json_bytes)
+        return Step(run, body_bytes=json_bytes)
+
+    def _tabulated(self, decode: Callable[[], V2Request]) -> V2Request:
+        request = decode()
+        tabular = self.tabular
+        assert tabular is not None  # only tabular models decode this way
+        matrix = tabular.tensors(request.inputs)
+        return dataclasses.replace(request, inputs={tabular.input.name: matrix})
 
     def _tokenized(self, decode: Callable[[], V2Request]) -> Step[V2Request]:
         request = decode()
@@ -289,6 +339,7 @@ _DECODERS: dict[str, Callable[[TaskCodec, bytes], Step[Inputs]]] = {
     "image/png": TaskCodec._image,
     "image/jpeg": TaskCodec._image,
     "application/json": TaskCodec._instances,
+    "text/csv": TaskCodec._csv,
 }
 
 
