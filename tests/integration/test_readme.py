@@ -27,7 +27,7 @@ def test_readme_python_client_example(server, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_readme_curl_line_answers_seven(server) -> None:
-    (line,) = [ln for ln in README.splitlines() if "--data-binary @examples" in ln]
+    (line,) = [ln for ln in README.splitlines() if "--data-binary @examples/digits" in ln]
     image = ROOT / re.search(r"@(\S+)", line).group(1)
     r = httpx.post(
         f"{server.url}/v1/models/digits:predict",
