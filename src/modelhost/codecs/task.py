@@ -196,27 +196,14 @@ class TaskCodec:
         return Step(run, body_bytes=len(body))
 
     def _text_instances(self, body: bytes) -> Step[Inputs]:
-        limits = self.limits
-        limits.check_json_containers(body, (TEXT_INPUT,))
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
-            raise InvalidInput('body must be a JSON object {"instances": ["text", ...]}')
-        return self.decode_texts(doc["instances"], "instances")
+        texts = _instances_list(body, (TEXT_INPUT,), self.limits, '"text"')
+        return self.decode_texts(texts, "instances")
 
     def _records(self, body: bytes) -> Inputs:
         tabular = self.tabular
         assert tabular is not None  # only decoders of tabular models get here
-        self.limits.check_json_containers(body, self.inputs)
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
-            raise InvalidInput('body must be a JSON object {"instances": [{record}, ...]}')
-        return {tabular.input.name: tabular.records(doc["instances"], "instances", self.limits)}
+        records = _instances_list(body, self.inputs, self.limits, "{record}")
+        return {tabular.input.name: tabular.records(records, "instances", self.limits)}
 
     def _csv(self, body: bytes) -> Step[Inputs]:
         tabular = self.tabular
@@ -341,6 +328,21 @@ _DECODERS: dict[str, Callable[[TaskCodec, bytes], Step[Inputs]]] = {
     "application/json": TaskCodec._instances,
     "text/csv": TaskCodec._csv,
 }
+
+
+def _instances_list(
+    body: bytes, inputs: tuple[TensorSpec, ...], limits: DecodeLimits, example: str
+) -> list[Any]:
+    """The ``instances`` list of a native JSON body (its containers counted first)."""
+    limits.check_json_containers(body, inputs)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
+        raise InvalidInput(f'body must be a JSON object {{"instances": [{example}, ...]}}')
+    instances: list[Any] = doc["instances"]
+    return instances
 
 
 def _rows_of_first(codec: TaskCodec, outputs: Outputs) -> np.ndarray:
