@@ -323,7 +323,7 @@ def _decode_outputs(
     classification: dict[str, int] = {}
     for i, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in specs:
+        if not isinstance(name, str) or name not in specs:  # a list or object is no name
             raise InvalidInput(
                 f"outputs[{i}].name {_shown(name)} is not an output of the model: {known}"
             )

@@ -209,7 +209,9 @@ class TaskCodec:
         tabular = self.tabular
         if tabular is None:
             raise UnsupportedMediaType(
-                "text/csv is for tabular models; send application/json instances"
+                "Content-Type 'text/csv' is for tabular models (named features); this model "
+                "takes application/json instances"
+                + (" or image/png or image/jpeg bytes" if self.image is not None else "")
             )
         return Step(
             lambda: {tabular.input.name: tabular.csv(body, self.limits)}, body_bytes=len(body)

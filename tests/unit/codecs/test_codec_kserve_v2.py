@@ -188,6 +188,13 @@ BIN_X = {**_no_data(X), "parameters": {"binary_data_size": 16}}
         ({"inputs": [X], "outputs": {"y": {}}}, None, b"", "outputs must be a list"),
         ({"inputs": [X], "outputs": [{"name": "z"}]}, None, b"", "outputs[0].name 'z'"),
         ({"inputs": [X], "outputs": ["y"]}, None, b"", "outputs[0].name None"),
+        ({"inputs": [X], "outputs": [{"name": []}]}, None, b"", "outputs[0].name (a JSON array)"),
+        (
+            {"inputs": [X], "outputs": [{"name": {"a": 1}}]},
+            None,
+            b"",
+            "outputs[0].name (a JSON object)",
+        ),
         ({"inputs": [X], "outputs": [{"name": "y"}, {}]}, None, b"", "outputs[1].name None"),
         # binary extension
         ({"inputs": [X]}, 0, b"", "Inference-Header-Content-Length 0"),

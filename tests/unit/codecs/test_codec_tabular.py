@@ -155,7 +155,7 @@ def test_csv_is_for_tabular_models_only_and_a_tabular_model_takes_one_matrix():
                   outputs=(TensorSignature(name="y", dtype="float32", shape=(-1, 2)),)),
         (TensorSpec("x", "float32", (-1, 3)),), (OUTPUT,),
     )  # fmt: skip
-    with pytest.raises(UnsupportedMediaType, match="text/csv is for tabular models"):
+    with pytest.raises(UnsupportedMediaType, match="'text/csv' is for tabular models"):
         finish(plain.decode(_csv(), "text/csv"))
     with pytest.raises(ArchiveError, match=r"one input of shape \[-1, 3\]"):
         _codec(inputs=(TensorSpec("features", "float32", (-1, 4)),))

@@ -200,7 +200,7 @@ def test_v2_tensors_are_priced_by_their_json_part_only():
 @pytest.mark.parametrize(
     ("content_type", "body", "error", "message"),
     [
-        ("text/csv", b"1,2", UnsupportedMediaType, "text/csv is for tabular models"),
+        ("text/csv", b"1,2", UnsupportedMediaType, "'text/csv' is for tabular models"),
         ("text/plain", b"1,2", UnsupportedMediaType, "'text/plain' is not accepted"),
         ("", b"{}", UnsupportedMediaType, "'(none)' is not accepted"),
         ("image/png", _png(), InvalidInput, "this model takes no images"),
