@@ -163,22 +163,12 @@ def test_shared_placement_workers_tokenize_and_similar_lengths_share_padded_batc
 def test_a_text_classifier_answers_labels_for_strings_on_every_route(tmp_path):
     """A small BERT sequence classifier (random weights, safetensors, MiniLM's tokenizer):
     labels from its id2label, scores as the in-process logits' softmax."""
-    import shutil
-
     import torch
-    import transformers
+
+    from support.minilm import tiny_classifier
 
     directory = tmp_path / "sentiment"
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
-    model.save_pretrained(directory, safe_serialization=True)
-    shutil.copy(MODEL_DIR / "tokenizer.json", directory / "tokenizer.json")
+    model = tiny_classifier(directory)
     archive = tmp_path / "sentiment.mh"
     packed = mh("pack-hf", str(directory), "--name", "sentiment", "--version", "1",
                 "--out", str(archive))  # fmt: skip

