@@ -154,3 +154,70 @@ def test_train_refuses_an_unknown_framework_in_one_line(tmp_path):
     line = one_error_line(mh("train", "digits-cnn", "--framework", "tensorflow",
                              "--out", str(tmp_path / "x")))  # fmt: skip
     assert line == "error: --framework 'tensorflow' is not supported; use torch or keras"
+
+
+def test_a_channels_last_tutorial_model_packs_with_image_and_answers_pngs(tmp_path, example_images):
+    """The Keras tutorial as users write it: Input((28, 28, 1)), fit on x / 255, saved with
+    model.save('cnn_model.h5'); pack-keras --image makes PNG requests work."""
+    keras = keras_runtime.keras
+    split = load_digits_split(seed=0)
+    x_train = split.x_train.transpose(0, 2, 3, 1)  # the recipe's (N, 1, 28, 28) as NHWC
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+        keras.layers.MaxPooling2D(2, name="pool"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(10, activation="softmax", name="classes"),
+    ], name="tutorial")  # fmt: skip
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x_train, split.y_train, epochs=4, batch_size=64, verbose=0)
+    model.save(tmp_path / "cnn_model.h5")
+    archive = tmp_path / "tutorial.mh"
+    done = mh("pack-keras", str(tmp_path / "cnn_model.h5"), "--name", "tutorial",
+              "--version", "1", "--out", str(archive), "--image",
+              "--labels", ",".join(str(d) for d in range(10)))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    opened = open_archive(archive, tmp_path / "opened")
+    prep = opened.manifest.preprocessing
+    assert prep is not None
+    assert (prep.kind, prep.layout, prep.width, prep.height) == ("image", "hwc", 28, 28)
+    predictor = keras_runtime.RUNTIME.load(opened.root, opened.manifest, LoadOptions("cpu"))
+    from modelhost.codecs.images import decode_image
+
+    with running_server(archive) as srv:
+        answers = {
+            label: httpx.post(
+                f"{srv.url}/v1/models/tutorial:predict",
+                content=png,
+                headers={"Content-Type": "image/png"},
+            )
+            for label, png in example_images.items()
+        }
+    right = 0
+    for label, r in answers.items():
+        assert r.status_code == 200, r.text
+        (answer,) = r.json()["predictions"]
+        pixels = decode_image(example_images[label], prep)[np.newaxis]
+        expected = predictor.predict({opened.manifest.inputs[0].name: pixels})
+        probabilities = next(iter(expected.values()))[0]
+        assert answer["label"] == str(int(probabilities.argmax()))
+        assert answer["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+        right += answer["label"] == label
+    assert right >= 8  # a few epochs of a small CNN: most of the ten examples
+    flat = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")], name="flat")
+    flat.save(tmp_path / "flat.h5")
+    line = one_error_line(
+        mh(
+            "pack-keras",
+            str(tmp_path / "flat.h5"),
+            "--name",
+            "t",
+            "--version",
+            "1",
+            "--out",
+            str(tmp_path / "x.mh"),
+            "--image",
+        )
+    )
+    assert "an image model takes one input of (batch, height, width, 1 or 3)" in line

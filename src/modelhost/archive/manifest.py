@@ -56,7 +56,8 @@ class ImagePreprocessing(_Strict):
 
     The image is converted to grayscale (or RGB), resized to ``width`` x ``height``
     (bilinear), turned into float32, multiplied by ``scale``, then ``(x - mean) / std``;
-    layout is channels-first (C, H, W).
+    ``layout`` ``chw`` is channels-first (C, H, W, torch's), ``hwc`` channels-last (H, W, C,
+    a Keras tutorial model's ``Input((28, 28, 1))``).
     """
 
     kind: Literal["image"] = "image"
@@ -66,6 +67,7 @@ class ImagePreprocessing(_Strict):
     scale: float = 1.0 / 255.0
     mean: float = 0.0
     std: float = Field(1.0, gt=0)
+    layout: Literal["chw", "hwc"] = "chw"
 
 
 class TextPreprocessing(_Strict):

@@ -161,13 +161,25 @@ def pack_keras(
     labels: Annotated[
         str | None, typer.Option(help="class names of a classifier, comma-separated")
     ] = None,
+    image: Annotated[
+        bool,
+        typer.Option(
+            "--image/--no-image",
+            help="the model takes images: PNG/JPEG requests, resized to its input's size "
+            "(channels-last or -first, read from its shape)",
+        ),
+    ] = False,
+    image_scale: Annotated[
+        float, typer.Option(help="with --image: pixels 0..255 are multiplied by this")
+    ] = 1 / 255,
 ) -> None:
     """Pack a Keras 3 model file (built-in layers only) into an archive."""
     from modelhost.archive import write_archive
     from modelhost.runtimes.keras import spec_of_keras_file
 
     names = tuple(label.strip() for label in labels.split(",")) if labels else ()
-    spec, files = spec_of_keras_file(model_file, labels=names)
+    scale = image_scale if image else None
+    spec, files = spec_of_keras_file(model_file, labels=names, image_scale=scale)
     manifest = write_archive(spec, files, name=name, version=version, out=out_file)
     signature = ", ".join(f"{s.name} {list(s.shape)}" for s in manifest.inputs)
     out.print(

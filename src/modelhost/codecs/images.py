@@ -94,8 +94,8 @@ def decode_pixels(
     data: bytes, prep: ImagePreprocessing, size: tuple[int, int], field: str = "body"
 ) -> np.ndarray:
     """Decode an image whose header declared ``size`` (see :func:`image_size`) into a float32
-    array (C, H, W): grayscale (or RGB), bilinear resize to ``width`` x ``height``,
-    ``* scale``, ``(x - mean) / std``.
+    array (C, H, W), or (H, W, C) for ``layout`` ``hwc``: grayscale (or RGB), bilinear resize
+    to ``width`` x ``height``, ``* scale``, ``(x - mean) / std``.
 
     Raises:
         InvalidInput: undecodable (truncated, corrupt), or Pillow reads another size than
@@ -116,7 +116,10 @@ def decode_pixels(
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # What Pillow raises for truncated, corrupt or unsupported image data.
         raise _undecodable(field, str(exc)) from exc
-    arr = arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if prep.layout == "hwc":
+        arr = arr[..., np.newaxis] if arr.ndim == 2 else arr
+    else:
+        arr = arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     arr = arr * np.float32(prep.scale)
     if prep.mean != 0.0 or prep.std != 1.0:
         arr = (arr - np.float32(prep.mean)) / np.float32(prep.std)

@@ -23,6 +23,7 @@ import torch
 from modelhost.archive.manifest import (
     ClassificationPostprocessing,
     DType,
+    ImagePreprocessing,
     Manifest,
     ModelSpec,
     TensorSignature,
@@ -64,7 +65,7 @@ def load_keras_model(path: Path, device: str) -> Any:
 
 
 def spec_of_keras_file(
-    path: Path, labels: tuple[str, ...] = ()
+    path: Path, labels: tuple[str, ...] = (), image_scale: float | None = None
 ) -> tuple[ModelSpec, dict[str, Path]]:
     """The model spec and files of a Keras model file, as ``modelhost pack-keras`` packs it.
 
@@ -76,6 +77,9 @@ def spec_of_keras_file(
     Args:
         path: a ``.keras`` or ``.h5`` file.
         labels: class names, one per class, for a classification model (optional).
+        image_scale: the model takes images (PNG/JPEG requests): its one input is
+            (batch, H, W, C) or (batch, C, H, W) with C 1 (grayscale) or 3 (RGB); pixels
+            0..255 are multiplied by this (1/255 for a model trained on ``x / 255``).
 
     Raises:
         ConfigError: no such file; labels for a model that is no classifier, or not one per
@@ -112,9 +116,31 @@ def spec_of_keras_file(
             if classifier
             else None
         ),
+        preprocessing=None if image_scale is None else image_preprocessing(inputs, image_scale),
         runtime_config=KerasConfig(file=path.name).model_dump(),
     )
     return spec, {path.name: path}
+
+
+def image_preprocessing(inputs: tuple[TensorSignature, ...], scale: float) -> ImagePreprocessing:
+    """How images become a Keras model's one image input, from its shape.
+
+    Raises:
+        ConfigError: not one input of (batch, H, W, 1|3) or (batch, 1|3, H, W), fixed sizes.
+    """
+    shape = inputs[0].shape if len(inputs) == 1 else ()
+    if len(shape) == 4 and shape[3] in (1, 3) and min(shape[1:3]) > 0:
+        return ImagePreprocessing(
+            grayscale=shape[3] == 1, height=shape[1], width=shape[2], scale=scale, layout="hwc"
+        )
+    if len(shape) == 4 and shape[1] in (1, 3) and min(shape[2:4]) > 0:
+        return ImagePreprocessing(
+            grayscale=shape[1] == 1, height=shape[2], width=shape[3], scale=scale, layout="chw"
+        )
+    raise ConfigError(
+        f"--image: the model takes {[list(s.shape) for s in inputs]}; an image model takes one "
+        "input of (batch, height, width, 1 or 3) or (batch, 1 or 3, height, width)"
+    )
 
 
 def _signature(name: str, tensor: Any, kind: str) -> TensorSignature:

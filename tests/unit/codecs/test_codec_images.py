@@ -194,3 +194,16 @@ def test_the_limits_are_checked_before_decoding():
     jpeg = _encode(Image.new("RGB", (5, 4)), "JPEG")
     with pytest.raises(PayloadTooLarge, match="5x4 pixels"):
         decode_image(jpeg, GRAY_8, budget=limits.pixel_budget())
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_a_channels_last_layout_is_the_same_pixels_transposed(grayscale):
+    img = Image.new("RGB", (6, 4), (10, 20, 30))
+    img.putpixel((5, 3), (200, 100, 50))
+    png = _encode(img, "PNG")
+    first = ImagePreprocessing(width=6, height=4, grayscale=grayscale)
+    last = first.model_copy(update={"layout": "hwc"})
+    chw, hwc = decode_image(png, first), decode_image(png, last)
+    assert hwc.shape == (4, 6, 1 if grayscale else 3)
+    np.testing.assert_array_equal(hwc, chw.transpose(1, 2, 0))
+    assert hwc.flags["C_CONTIGUOUS"]
