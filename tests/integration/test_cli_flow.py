@@ -43,7 +43,7 @@ def test_train_pack_inspect_export(tmp_path: Path) -> None:
     assert manifest["name"] == "digits"
     assert manifest["preprocessing"] == {
         "kind": "image", "grayscale": True, "width": 28, "height": 28,
-        "scale": 1 / 255, "mean": 0.0, "std": 1.0,
+        "scale": 1 / 255, "mean": 0.0, "std": 1.0, "layout": "chw",
     }  # fmt: skip
     assert set(manifest["files"]) == {
         "weights.safetensors",
