@@ -2,7 +2,9 @@
 
 Tensors decode through the model's task codec; outputs are the model's raw tensors unless a
 requested output asks for ``"parameters": {"classification": k}`` (Triton's classification
-extension): then its top k per row, as ``"value:index[:label]"`` strings.
+extension): then its top k per row, as ``"value:index[:label]"`` strings. JSON or binary
+is decided as Triton decides it, from ``Inference-Header-Content-Length``; the Content-Type
+is not read.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from starlette.routing import Route
 
 from modelhost.api.inference import TaskCodecs, infer, observed
 from modelhost.api.offload import CodecPool, outputs_bytes
-from modelhost.api.responses import json_response, media_type
+from modelhost.api.responses import json_response
 from modelhost.api.state import ServerState
 from modelhost.codecs.kserve_v2 import NUMPY_TO_V2, V2Request, encode_response
 from modelhost.codecs.task import TaskCodec
-from modelhost.errors import InvalidInput, UnsupportedMediaType
+from modelhost.errors import InvalidInput
 from modelhost.serving import ModelInfo
 from modelhost.types import InferResult, TensorSpec
 
@@ -29,8 +31,6 @@ SERVER_NAME = "modelhost"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 _HEADER_LENGTH = "inference-header-content-length"
 _MAX_HEADER_DIGITS = 19  # any larger count is past every body limit
-_JSON_TYPES = frozenset({"", "application/json"})
-_BINARY_TYPES = frozenset({"application/octet-stream", "application/json", ""})
 
 
 def tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
@@ -116,14 +116,11 @@ class KServeV2API:
             route = self._state.data.resolve(params["name"], params.get("version"))
             info = route.info
             obs.model, obs.version = info.name, info.version
-            header = _one_header(request, _HEADER_LENGTH)
-            kind = media_type(request)
-            if kind not in (_BINARY_TYPES if header is not None else _JSON_TYPES):
-                raise UnsupportedMediaType(
-                    f"Content-Type {kind!r} is not accepted; send application/json (or "
-                    "application/octet-stream with Inference-Header-Content-Length)"
-                )
-            header_length = _parse_header_length(header)
+            # As Triton decides: Inference-Header-Content-Length says where the JSON ends and
+            # binary tensors begin; without it the body is JSON. Content-Type is not read
+            # (aiohttp labels every bytes body application/octet-stream, curl -d sends
+            # application/x-www-form-urlencoded).
+            header_length = _parse_header_length(_one_header(request, _HEADER_LENGTH))
             codec = await self._codecs.of(info)
             body = await request.body()
             decoded = await self._pool.finish(codec.decode_tensors(body, header_length))
