@@ -219,9 +219,15 @@ class Arena:
         return buffer[start : start + self.slot_bytes]
 
     def close(self) -> None:
-        """Unmap and unlink the arena (an engine that saw its owner go may have unlinked
-        it already: that is fine)."""
-        self._shm.close()
+        """Unlink the arena and unmap it, now or, while a view of a slot still lives (an
+        offloaded copy that has not returned yet), when the last view dies (an engine that
+        saw its owner go may have unlinked it already: that is fine)."""
+        try:
+            self._shm.close()
+        except BufferError:
+            # SharedMemory cannot unmap under a live view, and would try again (and report
+            # it) when collected: let the mmap go with its last view instead.
+            self._shm._mmap = None  # type: ignore[attr-defined]
         try:
             self._shm.unlink()
         except FileNotFoundError:

@@ -31,6 +31,24 @@ def prefix():
     assert sorted(SHM.glob(p + "*")) == []
 
 
+def test_an_arena_closed_under_a_live_view_unlinks_now_and_unmaps_with_the_view(prefix):
+    import gc
+    import warnings
+
+    import numpy as np
+
+    arena = Arena.create(slot_count=2, slot_bytes=64, prefix=prefix)
+    view = np.frombuffer(arena.slot(0), dtype=np.uint8)  # as an offloaded copy holds one
+    view[:] = 7
+    arena.close()  # once raised BufferError: "cannot close exported pointers exist"
+    assert not (SHM / arena.name).exists()
+    assert int(view.sum()) == 7 * 64  # the mapping lives as long as the view
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reported when the arena is collected
+        del arena, view
+        gc.collect()
+
+
 def test_an_arena_hands_out_each_slot_once_and_unlinks_itself(prefix):
     arena = Arena.create(slot_count=3, slot_bytes=100, prefix=prefix)
     assert arena.slot_bytes == 128  # rounded up to the alignment
