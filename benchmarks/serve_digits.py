@@ -481,13 +481,9 @@ class LoadResult:
     errors: int
 
 
-_WRK_LUA = """\
-wrk.method = "POST"
-{headers}
-local f = assert(io.open("{body_file}", "rb"))
-wrk.body = f:read("*a")
-f:close()
-
+# The end of every wrk script: one WRK_JSON line with the run's figures (a format string:
+# braces doubled).
+WRK_DONE_LUA = """\
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -497,6 +493,18 @@ function done(summary, latency, requests)
     e.connect + e.read + e.write + e.status + e.timeout))
 end
 """
+
+_WRK_LUA = (
+    """\
+wrk.method = "POST"
+{headers}
+local f = assert(io.open("{body_file}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+
+"""
+    + WRK_DONE_LUA
+)
 
 
 def wrk_script(headers: dict[str, str], body_file: Path) -> str:

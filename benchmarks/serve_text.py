@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_digits import (
+    WRK_DONE_LUA,
     LoadResult,
     ServerProcess,
     http_get,
@@ -44,7 +45,8 @@ MODEL = "minilm"
 SENTENCES = 256
 BATCHES = (1, 8, 32)
 
-_LUA = """\
+_LUA = (
+    """\
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local bodies = {{}}
@@ -55,15 +57,9 @@ request = function()
   return wrk.format(nil, nil, nil, bodies[i])
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK_JSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, "
-    .. "\\"errors\\": %d}}\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
 """
+    + WRK_DONE_LUA
+)
 
 
 @dataclass(slots=True)
